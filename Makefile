@@ -1,0 +1,29 @@
+# Two commands do everything on a fresh clone:
+#   make demo   set up .venv and run the pipeline on the embedded default
+#   make test   set up .venv and run the test suite
+# On a CUDA or Ascend node the same commands take the node's torch (see README, "Other hardware"):
+#   TORCH_SPEC=... TORCH_INDEX_URL= make test EXTRAS=test,ascend
+VENV ?= .venv
+EXTRAS ?=
+TEST_EXTRAS ?= test
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-test demo test test-slow clean
+
+setup:
+	@VENV=$(VENV) bash scripts/setup_env.sh "$(EXTRAS)"
+
+setup-test:
+	@VENV=$(VENV) bash scripts/setup_env.sh "$(if $(EXTRAS),$(EXTRAS),$(TEST_EXTRAS))"
+
+demo: setup
+	$(VENV)/bin/npu-retu demo
+
+test: setup-test
+	VENV=$(VENV) bash scripts/run_tests.sh $(PYTEST_ARGS)
+
+test-slow: setup-test
+	VENV=$(VENV) bash scripts/run_tests.sh -m slow $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+from npu_retu.cli import main
+
+raise SystemExit(main())

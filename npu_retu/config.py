@@ -1,0 +1,291 @@
+"""Configs: YAML files in ``configs/`` loaded into dataclasses, with ``key.sub=value`` overrides.
+
+Every section is a plain dataclass with defaults. Loading is strict: an unknown key, a value of the
+wrong type or an impossible value raises :class:`ConfigError` naming the key and what is allowed.
+
+    cfg = load_config("configs/demo_cpu.yaml", overrides=["sft.lr=3e-4", "monitor.pick=mild"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from npu_retu.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A config key is unknown, mistyped or out of range; the message names the key."""
+
+
+# --------------------------------------------------------------------------------------------
+# sections
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"  # the run folder is output_dir/name
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
+    progress: bool = True  # progress bar (only drawn on a terminal)
+
+    def validate(self) -> None:
+        _check(self.name.strip() != "" and "/" not in self.name, "run.name", "a non-empty name without '/'", self.name)
+
+
+@dataclass
+class ModelConfig:
+    # A Hugging Face model folder, or "embedded:base" for the embedded default's base model
+    # (built on first use, see npu_retu.embedded).
+    path: str = "embedded:base"
+    tokenizer: str | None = None  # defaults to the model folder
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    # Files (JSONL / JSON / Parquet) or "embedded:..." names (see npu_retu.embedded.DATASETS).
+    train_files: list[str] = field(default_factory=lambda: ["embedded:sft-uniform-2k"])
+    val_files: list[str] = field(default_factory=list)
+    val_size: int = 0  # when no val_files: hold out this many training rows as the validation split
+    max_length: int = 512  # tokens per example (prompt + response)
+    too_long: Literal["error", "skip", "truncate"] = "error"
+    packing: bool = False
+    skip_bad_rows: bool = False  # count and skip malformed rows instead of stopping
+    shuffle: bool = True
+
+    def validate(self) -> None:
+        _check(len(self.train_files) > 0, "data.train_files", "at least one file", self.train_files)
+        _check(self.val_size >= 0, "data.val_size", ">= 0", self.val_size)
+        _check(self.max_length >= 8, "data.max_length", ">= 8", self.max_length)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    min_lr_ratio: float = 0.0  # final lr = lr * min_lr_ratio for linear / cosine
+    max_grad_norm: float = 1.0  # <= 0 disables clipping
+
+    def validate(self) -> None:
+        _check(self.lr > 0, "optim.lr", "> 0", self.lr)
+        _check(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", "two numbers in [0, 1)", self.betas)
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", ">= 0", self.warmup_steps)
+        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+
+
+@dataclass
+class SFTConfig:
+    global_batch_size: int = 32  # sequences per optimizer step
+    micro_batch_size: int = 8  # sequences per forward/backward; accumulation = global / micro
+    max_steps: int = 0  # 0: derive from epochs
+    epochs: float = 1.0
+    eval_every: int = 50  # validation loss every N optimizer steps (and at the last step)
+    save_every: int = 50  # checkpoint every M steps (and at the last step)
+    keep_checkpoints: int = 0  # 0 keeps all (the phase analysis needs them)
+    log_every: int = 1
+    eval_batch_size: int = 32
+
+    def validate(self) -> None:
+        _check(self.global_batch_size > 0, "sft.global_batch_size", "> 0", self.global_batch_size)
+        _check(self.micro_batch_size > 0, "sft.micro_batch_size", "> 0", self.micro_batch_size)
+        _check(
+            self.global_batch_size % self.micro_batch_size == 0,
+            "sft.global_batch_size",
+            f"a multiple of sft.micro_batch_size ({self.micro_batch_size})",
+            self.global_batch_size,
+        )
+        _check(self.max_steps >= 0, "sft.max_steps", ">= 0", self.max_steps)
+        _check(self.max_steps > 0 or self.epochs > 0, "sft.epochs", "> 0 when sft.max_steps is 0", self.epochs)
+        _check(self.eval_every > 0, "sft.eval_every", "> 0", self.eval_every)
+        _check(self.save_every > 0, "sft.save_every", "> 0", self.save_every)
+        _check(self.keep_checkpoints >= 0, "sft.keep_checkpoints", ">= 0", self.keep_checkpoints)
+        _check(self.log_every > 0, "sft.log_every", "> 0", self.log_every)
+        _check(self.eval_batch_size > 0, "sft.eval_batch_size", "> 0", self.eval_batch_size)
+
+
+@dataclass
+class MonitorConfig:
+    """The SFT phase monitor (paper Eq. 13-17); see npu_retu.monitor."""
+
+    enabled: bool = True
+    delta: float = 0.02  # Stable: L <= (1 + delta) * L_min
+    delta2: float = 0.1  # Severe: L >= (1 + delta2) * L_min
+    pick: Literal["stable", "mild"] = "stable"
+    patience: int = 3  # validation points without a relative improvement > delta before "switch"
+    stop_on_decision: bool = True  # stop SFT when the monitor says switch / rollback
+
+    def validate(self) -> None:
+        _check(0 < self.delta < self.delta2, "monitor.delta", f"in (0, monitor.delta2={self.delta2})", self.delta)
+        _check(self.patience >= 1, "monitor.patience", ">= 1", self.patience)
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+        _check(
+            self.sft.max_steps == 0 or self.optim.warmup_steps <= self.sft.max_steps,
+            "optim.warmup_steps",
+            f"<= sft.max_steps ({self.sft.max_steps})",
+            self.optim.warmup_steps,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config) -> Any:
+    """Load a YAML file (or the defaults when ``path`` is None), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        _set_path(data, key.strip().split("."), yaml.safe_load(raw) if raw.strip() != "" else "")
+    cfg = from_dict(cls, data, prefix="")
+    cfg.validate()
+    return cfg
+
+
+def from_dict(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, checking every key and type."""
+    where = prefix or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} ({data!r})")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"unknown config key '{key}'; valid keys{' in ' + repr(prefix) if prefix else ''}: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(hints[name], value, key)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        last: ConfigError | None = None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as e:
+                last = e
+        raise last or ConfigError(f"config key '{key}': unexpected value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key '{key}': {value!r} is not allowed; choose one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single value where a list is expected: a list of one
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        (item_tp,) = args or (Any,)
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+    raise ConfigError(f"config key '{key}': unsupported type {tp}")
+
+
+def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = data
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(keys)}: '{k}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {value!r} is not allowed; must be {allowed}")
+
+
+def dump_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (the run folder's config.yaml)."""
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), encoding="utf-8")

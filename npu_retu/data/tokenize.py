@@ -1,0 +1,139 @@
+"""Tokenize conversations with the model's own chat template and an assistant-only loss mask.
+
+The SFT loss (the usual next-token NLL) is taken only on the expert's tokens: the assistant's
+content and its end-of-turn token. To find those tokens for any template, each assistant turn ``i``
+is located by rendering two prefixes of the conversation:
+
+    before  = template(messages[:i], add_generation_prompt=True)   # ... <|im_start|>assistant\\n
+    through = template(messages[:i + 1])                          # ... <|im_start|>assistant\\n{content}<|im_end|>\\n
+
+The tokens of ``before`` must be a prefix of the tokens of ``through`` (and those of the whole
+conversation); the tokens in between are the assistant's turn. The turn ends at its last special
+token (``<|im_end|>``); template text after it (ChatML's trailing newline) is not the model's to
+predict. A template that is not prefix-stable (one that rewrites earlier turns, e.g. drops past
+``<think>`` blocks) gets a :class:`ChatTemplateError` instead of a silently wrong mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from npu_retu.data.errors import ChatTemplateError, DataError, parse_source
+from npu_retu.data.schemas import SFTExample
+
+TOO_LONG_CHOICES = ("error", "skip", "truncate")
+
+
+@dataclass
+class TokenizedExample:
+    """Token ids of one conversation and a 0/1 mask that is 1 exactly on the assistant's tokens."""
+
+    input_ids: list[int]
+    loss_mask: list[int]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+
+def tokenize_sft(
+    example: SFTExample,
+    tokenizer: Any,
+    max_length: int,
+    *,
+    too_long: Literal["error", "skip", "truncate"] = "error",
+) -> TokenizedExample | None:
+    """Render ``example.messages`` with the chat template and mask everything but assistant turns.
+
+    Longer than ``max_length`` tokens: ``error`` raises a :class:`DataError` naming the source, the
+    length and the limit; ``skip`` returns None (the caller counts it); ``truncate`` keeps the first
+    ``max_length`` tokens.
+    """
+    if too_long not in TOO_LONG_CHOICES:
+        raise ValueError(f"too_long must be one of {TOO_LONG_CHOICES}, got {too_long!r}")
+    messages = example.messages
+    special_ids = special_token_ids(tokenizer)
+    input_ids = _encode(tokenizer, _render(tokenizer, messages, False, example.source))
+    loss_mask = [0] * len(input_ids)
+
+    for turn, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _encode(tokenizer, _render(tokenizer, messages[:turn], True, example.source))
+        if turn == len(messages) - 1:
+            through = input_ids
+        else:
+            through = _encode(tokenizer, _render(tokenizer, messages[: turn + 1], False, example.source))
+            _require_prefix(through, input_ids, turn, example.source, "the whole conversation")
+        _require_prefix(before, through, turn, example.source, f"messages[:{turn + 1}]")
+        end = len(through)
+        specials_in_turn = [j for j in range(len(before), len(through)) if through[j] in special_ids]
+        if specials_in_turn:
+            end = specials_in_turn[-1] + 1
+        for position in range(len(before), end):
+            loss_mask[position] = 1
+
+    if len(input_ids) > max_length:
+        if too_long == "skip":
+            return None
+        if too_long == "error":
+            file, row = parse_source(example.source)
+            raise DataError(
+                file,
+                f"{len(input_ids)} tokens after the chat template, longer than max_length {max_length} "
+                "(set data.too_long to 'skip' or 'truncate', or raise data.max_length)",
+                row=row,
+                field="messages",
+                reason="longer than max_length",
+            )
+        input_ids, loss_mask = input_ids[:max_length], loss_mask[:max_length]
+    return TokenizedExample(input_ids=input_ids, loss_mask=loss_mask, source=example.source)
+
+
+def tokenize_prompt(messages: list[dict[str, str]], tokenizer: Any) -> list[int]:
+    """Token ids of a prompt with the generation prompt added (``... <|im_start|>assistant\\n``), for
+    rollouts and evaluation."""
+    return _encode(tokenizer, _render(tokenizer, messages, True, "prompt"))
+
+
+def special_token_ids(tokenizer: Any) -> set[int]:
+    """Ids of all special tokens, including added ones such as ``<|im_start|>`` that are neither BOS,
+    EOS nor PAD (``all_special_ids`` alone misses those)."""
+    ids = set(tokenizer.all_special_ids)
+    ids.update(token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special)
+    return ids
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool, source: str) -> str:
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ChatTemplateError(
+            f"{source}: the tokenizer has no chat template; use a chat/instruct tokenizer or set "
+            "tokenizer.chat_template (a Jinja template)"
+        )
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as e:  # Jinja raises its own TemplateError / exceptions from inside the template
+        raise ChatTemplateError(f"{source}: the chat template failed on {len(messages)} messages: {e}") from e
+    return text
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    # The template already wrote any BOS it wants: the tokenizer must add nothing of its own.
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _require_prefix(prefix: list[int], tokens: list[int], turn: int, source: str, longer: str) -> None:
+    if tokens[: len(prefix)] != prefix:
+        mismatch = next((j for j, (a, b) in enumerate(zip(prefix, tokens)) if a != b), min(len(prefix), len(tokens)))
+        raise ChatTemplateError(
+            f"{source}: the chat template is not prefix-stable at assistant turn messages[{turn}]: the tokens "
+            f"rendered before it are not a prefix of the tokens of {longer} (first difference at token "
+            f"{mismatch}), so the assistant-only loss mask cannot be found. Use a template that renders "
+            "earlier turns the same way whatever follows them (no stripping of past reasoning, no "
+            "generation prompt that the rendered turn does not contain)"
+        )

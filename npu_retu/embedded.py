@@ -1,0 +1,488 @@
+"""The embedded default: the synthetic task's data sets, a tiny tokenizer and a tiny Qwen2 base model.
+
+Nothing can be downloaded on the machines this toolkit is tested on, so ``make demo`` and the tests
+train on data and a model built here, on first use, into a cache folder::
+
+    $NPU_RETU_CACHE (default ~/.cache/npu-retu)/embedded-v{EMBEDDED_VERSION}/
+        sft-val.jsonl  rl-test.jsonl         held-out sets (their problems are in no training set)
+        rl-train.jsonl  sft-uniform-2k.jsonl ...
+        pretrain-text.jsonl                  {"text": ...} documents for the base model
+        tokenizer/                           byte-level BPE, ChatML template
+        base/                                the pretrained base model (HF layout, tokenizer inside)
+
+Configs name them ``embedded:<name>`` (``resolve``). Every artifact is built in a ``.tmp-*`` folder
+or file and renamed into place under an ``fcntl`` lock, so parallel processes never race and never
+see half-built artifacts; a leftover ``.tmp-*`` from a killed build is ignored.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from npu_retu.data import synthetic
+from npu_retu.errors import UserError
+
+if TYPE_CHECKING:  # heavy imports stay out of `npu-retu --help`
+    from transformers import PreTrainedTokenizerFast, Qwen2Config
+
+# Bump when the generator, the tokenizer or the model recipe changes: old caches are then ignored.
+EMBEDDED_VERSION = 1
+PREFIX = "embedded:"
+
+# Each data set draws from its own seed, so adding one never changes another.
+SEEDS = {
+    "sft-val": 9_001,
+    "rl-test": 9_002,
+    "rl-train": 9_003,
+    "pretrain": 9_004,
+    "tokenizer": 9_005,
+    "sft-easy": 1_001,
+    "sft-uniform": 1_002,
+    "sft-hard": 1_003,
+    "base-model": 0,
+}
+SFT_VAL_SIZE = 199  # like the paper's Val-199
+RL_TEST_SIZE = 500
+RL_TRAIN_SIZE = 10_000
+PRETRAIN_DOCS = 20_000  # bare-answer problems; plus about PRACTICE_SHARE as many practice documents
+PRACTICE_SHARE = 1.0
+TOKENIZER_CORPUS_PROBLEMS = 3_000
+HELD_OUT_DIFFICULTY = "uniform"
+
+# tokenizer
+PAD_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+THINK_TOKENS = ("<think>", "</think>")
+TOKENIZER_VOCAB = 510  # BPE incl. the 3 special tokens; + <think>, </think> = 512 ids, no padding rows
+# Single digits, letter runs with an optional leading space, punctuation runs, whitespace.
+# Digits stand alone (as in Qwen) so every number is spelled digit by digit.
+PRETOKENIZE_PATTERN = r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+# ChatML as Qwen renders it: an optional system turn, then turns; the assistant content sits in
+# {% generation %} so `return_assistant_tokens_mask=True` marks the tokens SFT trains on.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+# tiny model (calibrated: see README "The embedded default")
+MODEL_SHAPE = dict(
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=512,
+    max_position_embeddings=1024,
+)
+PRETRAIN_STEPS = 800
+PRETRAIN_BATCH = 32
+PRETRAIN_LR = 3e-3
+
+
+# --------------------------------------------------------------------------------------------
+# tokenizer
+
+
+def build_tokenizer(out_dir: str | Path, corpus_texts: list[str]) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on ``corpus_texts`` and save it (``AutoTokenizer`` loads ``out_dir``).
+
+    Byte level, so any UTF-8 text encodes; digits are split one per token; ``<|endoftext|>`` pads,
+    ``<|im_end|>`` ends a chat turn (eos), ``<think>`` / ``</think>`` are added tokens that decoding
+    keeps.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [PAD_TOKEN, IM_START, IM_END]
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB,
+        min_frequency=2,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # The trainer must not merge across the think tags: strip them from the corpus, add them after.
+    tag = re.compile("|".join(re.escape(t) for t in THINK_TOKENS))
+    bpe.train_from_iterator((tag.sub("", t) for t in corpus_texts), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token=IM_END,
+        pad_token=PAD_TOKEN,
+        extra_special_tokens=[IM_START],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=MODEL_SHAPE["max_position_embeddings"],
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.add_tokens(list(THINK_TOKENS), special_tokens=False)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def chat_template_fn(tokenizer: Any) -> Callable[[list[dict[str, str]]], str]:
+    """``messages -> text`` with the tokenizer's chat template (what pretrain_text expects)."""
+    return lambda messages: tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+# --------------------------------------------------------------------------------------------
+# model
+
+
+def tiny_model_config(tokenizer: Any) -> Qwen2Config:
+    """A tiny Qwen2 (``MODEL_SHAPE``), tied embeddings, vocab padded to a multiple of 64.
+
+    ``eos_token_id`` is ``[<|im_end|>, <|endoftext|>]``, so the generation config a model derives
+    from it (``model.generation_config``) stops at either; see also ``tiny_generation_config``.
+    """
+    from transformers import Qwen2Config
+
+    vocab = 64 * math.ceil(len(tokenizer) / 64)
+    pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    im_end_id = tokenizer.convert_tokens_to_ids(IM_END)
+    return Qwen2Config(
+        vocab_size=vocab,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
+        rms_norm_eps=1e-6,
+        bos_token_id=pad_id,  # as Qwen: no BOS is prepended, <|endoftext|> stands in
+        eos_token_id=[im_end_id, pad_id],
+        pad_token_id=pad_id,
+        **MODEL_SHAPE,
+    )
+
+
+def tiny_generation_config(tokenizer: Any) -> Any:
+    """Greedy by default; stops at ``<|im_end|>`` (end of a chat turn) or ``<|endoftext|>``."""
+    from transformers import GenerationConfig
+
+    pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    im_end_id = tokenizer.convert_tokens_to_ids(IM_END)
+    return GenerationConfig(bos_token_id=pad_id, eos_token_id=[im_end_id, pad_id], pad_token_id=pad_id, do_sample=False)
+
+
+def build_model(tokenizer: Any, seed: int) -> Any:
+    """A freshly initialised ``Qwen2ForCausalLM`` of ``tiny_model_config`` (same seed, same weights)."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(tiny_model_config(tokenizer))
+    model.generation_config = tiny_generation_config(tokenizer)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# base-model pretraining
+
+
+def _lr_at(step: int, steps: int, warmup: int, lr: float, min_ratio: float = 0.1) -> float:
+    """Linear warmup, then cosine decay to ``min_ratio * lr``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pretrain_base(
+    out_dir: str | Path,
+    *,
+    steps: int = PRETRAIN_STEPS,
+    seed: int = SEEDS["base-model"],
+    tokenizer: Any = None,
+    texts: list[str] | None = None,
+    batch_size: int = PRETRAIN_BATCH,
+    lr: float = PRETRAIN_LR,
+    warmup: int | None = None,
+    weight_decay: float = 0.1,
+    log: Callable[[dict[str, float]], None] | None = None,
+) -> Path:
+    """Pretrain the tiny base model on bare-answer documents and save it in HF layout.
+
+    Next-token loss on right-padded batches of whole documents (each ending in ``<|endoftext|>``),
+    AdamW with linear warmup + cosine decay, one shuffled pass after another. Writes safetensors,
+    config, generation config and the tokenizer to ``out_dir`` and returns it. The tokenizer and
+    texts default to the embedded ones (``embedded:tokenizer``, ``embedded:pretrain-text``).
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    if steps < 1:
+        raise UserError(f"pretrain_base: steps must be >= 1, got {steps}")
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(resolve("embedded:tokenizer"))
+    if texts is None:
+        texts = read_pretrain_texts(resolve("embedded:pretrain-text"))
+    if not texts:
+        raise UserError("pretrain_base: no pretraining texts")
+    eos = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    documents = [ids + [eos] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    model = build_model(tokenizer, seed)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
+    warmup = max(1, steps // 20) if warmup is None else warmup
+    order_rng = random.Random(seed)
+    order: list[int] = []
+    for step in range(steps):
+        if len(order) < batch_size:
+            more = list(range(len(documents)))
+            order_rng.shuffle(more)
+            order += more
+        batch = [documents[i] for i in order[:batch_size]]
+        del order[:batch_size]
+        input_ids, labels, attention = _pad_batch(batch, eos)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, steps, warmup, lr)
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if log is not None:
+            log({"step": step + 1, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]})
+
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def _pad_batch(batch: list[list[int]], pad_id: int) -> tuple[Any, Any, Any]:
+    """Right-pad to the longest document; padded positions get label -100 (no loss)."""
+    import torch
+
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+    return input_ids, labels, attention
+
+
+def read_pretrain_texts(path: str | Path) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line in f if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------
+# the data sets
+
+
+def held_out_problems() -> tuple[list[synthetic.Problem], list[synthetic.Problem]]:
+    """(sft-val, rl-test): drawn first from their own seeds; rl-test also avoids sft-val."""
+    val = synthetic.generate_problems(SFT_VAL_SIZE, HELD_OUT_DIFFICULTY, SEEDS["sft-val"])
+    test = synthetic.generate_problems(
+        RL_TEST_SIZE, HELD_OUT_DIFFICULTY, SEEDS["rl-test"], exclude=frozenset(p.key for p in val)
+    )
+    return val, test
+
+
+def held_out_keys() -> frozenset:
+    """The identities of every held-out problem; every training set excludes them."""
+    val, test = held_out_problems()
+    return frozenset(p.key for p in val + test)
+
+
+def sft_rows(problems: list[synthetic.Problem], seed: int) -> list[dict[str, Any]]:
+    """SFT rows with trajectory phrasing drawn from its own stream (a prefix of a set is a smaller set)."""
+    rng = random.Random(f"trajectory:{seed}")
+    return [synthetic.sft_row(p, rng) for p in problems]
+
+
+def parse_size(text: str) -> int:
+    """``1k`` -> 1000, ``100k`` -> 100000, ``250`` -> 250."""
+    match = re.fullmatch(r"(\d+)(k?)", text.lower())
+    if match is None or int(match.group(1)) == 0:
+        raise UserError(f"data set size {text!r} is not valid; use a positive integer or a number of thousands like 2k")
+    return int(match.group(1)) * (1000 if match.group(2) else 1)
+
+
+_SFT_NAME = re.compile(r"sft-(easy|uniform|hard)-(\w+)")
+FIXED_NAMES = ("base", "tokenizer", "sft-val", "rl-train", "rl-test", "pretrain-text")
+
+
+def _build_sft(name: str, out: Path) -> None:
+    match = _SFT_NAME.fullmatch(name)
+    assert match is not None
+    difficulty, size = match.group(1), parse_size(match.group(2))
+    seed = SEEDS[f"sft-{difficulty}"]
+    problems = synthetic.generate_problems(size, difficulty, seed, exclude=held_out_keys())
+    synthetic.write_jsonl(out, sft_rows(problems, seed))
+
+
+def _build_sft_val(out: Path) -> None:
+    val, _ = held_out_problems()
+    synthetic.write_jsonl(out, sft_rows(val, SEEDS["sft-val"]))
+
+
+def _build_rl_test(out: Path) -> None:
+    _, test = held_out_problems()
+    synthetic.write_jsonl(out, [synthetic.rl_row(p) for p in test])
+
+
+def _build_rl_train(out: Path) -> None:
+    problems = synthetic.generate_problems(RL_TRAIN_SIZE, "uniform", SEEDS["rl-train"], exclude=held_out_keys())
+    synthetic.write_jsonl(out, [synthetic.rl_row(p) for p in problems])
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Problems, trajectories and answers (training side only) for the BPE merges."""
+    seed = SEEDS["tokenizer"]
+    problems = synthetic.generate_problems(TOKENIZER_CORPUS_PROBLEMS, "uniform", seed, exclude=held_out_keys())
+    rng = random.Random(seed)
+    texts = []
+    for p in problems:
+        # role names as the chat template writes them, so "user" and "assistant" merge too
+        texts.append("user\n" + p.text)
+        texts.append("assistant\n" + synthetic.expert_trajectory(p, rng))
+        texts.append(synthetic.pretrain_text(p, rng))
+    return texts
+
+
+def _build_tokenizer(out: Path) -> None:
+    build_tokenizer(out, _tokenizer_corpus())
+
+
+def _build_pretrain_text(out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve("embedded:tokenizer"))
+    seed = SEEDS["pretrain"]
+    problems = synthetic.generate_problems(PRETRAIN_DOCS, "uniform", seed, exclude=held_out_keys())
+    rng = random.Random(f"pretrain-text:{seed}")
+    render = chat_template_fn(tokenizer)
+    docs = []
+    for p in problems:  # bare-answer problems interleaved with arithmetic practice
+        docs.append({"text": synthetic.pretrain_text(p, rng, render)})
+        if rng.random() < PRACTICE_SHARE:
+            docs.append({"text": synthetic.practice_text(rng)})
+    synthetic.write_jsonl(out, docs)
+
+
+def _build_base(out: Path) -> None:
+    pretrain_base(out, steps=PRETRAIN_STEPS, seed=SEEDS["base-model"])
+
+
+# --------------------------------------------------------------------------------------------
+# the resolver
+
+
+def cache_root() -> Path:
+    """``$NPU_RETU_CACHE`` (default ``~/.cache/npu-retu``)/embedded-v{EMBEDDED_VERSION}."""
+    base = os.environ.get("NPU_RETU_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "npu-retu")
+    return Path(base) / f"embedded-v{EMBEDDED_VERSION}"
+
+
+def is_embedded(path_str: str | os.PathLike) -> bool:
+    """Whether a config value names an embedded artifact (``embedded:...``)."""
+    return isinstance(path_str, str) and path_str.startswith(PREFIX)
+
+
+def _artifact(name: str) -> tuple[str, Callable[[Path], None]]:
+    """(file or folder name in the cache, builder) for an embedded name without the prefix."""
+    fixed: dict[str, tuple[str, Callable[[Path], None]]] = {
+        "base": ("base", _build_base),
+        "tokenizer": ("tokenizer", _build_tokenizer),
+        "sft-val": ("sft-val.jsonl", _build_sft_val),
+        "rl-train": ("rl-train.jsonl", _build_rl_train),
+        "rl-test": ("rl-test.jsonl", _build_rl_test),
+        "pretrain-text": ("pretrain-text.jsonl", _build_pretrain_text),
+    }
+    if name in fixed:
+        return fixed[name]
+    match = _SFT_NAME.fullmatch(name)
+    if match is not None:
+        size = parse_size(match.group(2))
+        canonical = f"sft-{match.group(1)}-{size // 1000}k" if size % 1000 == 0 else f"sft-{match.group(1)}-{size}"
+        return f"{canonical}.jsonl", lambda out: _build_sft(canonical, out)
+    raise UserError(
+        f"unknown embedded name {PREFIX + name!r}; choose one of "
+        + ", ".join(PREFIX + n for n in FIXED_NAMES)
+        + f", {PREFIX}sft-{{easy|uniform|hard}}-{{N}} (N like 1k, 2k, 10k, 100k or a plain integer)"
+    )
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock_path``: across processes and across threads (own open file)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def resolve(name: str) -> Path:
+    """The path of an embedded artifact (``embedded:base``, ``embedded:sft-uniform-2k``, ...), built on first use.
+
+    A build happens in a ``.tmp-*`` path under a per-artifact lock and is renamed into place, so a
+    concurrent caller waits and then reuses it; a build that fails leaves nothing behind.
+    """
+    bare = name[len(PREFIX) :] if is_embedded(name) else name
+    filename, build = _artifact(bare)
+    root = cache_root()
+    final = root / filename
+    if final.exists():
+        return final
+    with _locked(root / f".lock-{filename}"):
+        if final.exists():  # another process built it while we waited
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{filename}-", dir=root))
+        try:
+            target = tmp / filename
+            build(target)
+            os.replace(target, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def resolve_all(names: list[str] | None = None, log: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """Resolve several names (default: everything the demo uses); returns name -> path."""
+    names = names or [PREFIX + n for n in FIXED_NAMES] + [PREFIX + "sft-uniform-2k"]
+    paths = {}
+    for name in names:
+        started = time.monotonic()
+        paths[name] = resolve(name)
+        if log is not None:
+            log(f"{name}: {paths[name]} ({time.monotonic() - started:.1f} s)")
+    return paths

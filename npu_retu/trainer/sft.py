@@ -1,0 +1,308 @@
+"""Supervised fine-tuning with the phase monitor (paper §3.1 Eq. 1, §6.2.1 Eq. 13-17).
+
+One plain loop, top to bottom:
+
+    load model, tokenizer, data -> for each optimizer step: accumulate micro-batches, step ->
+    every eval_every steps: validation loss -> checkpoint -> PhaseMonitor.observe -> maybe stop
+
+Everything is logged against steps and cumulative training FLOPs (Appendix C, Eq. 21), because
+compute is the paper's x-axis. ``resume=True`` continues exactly from the newest complete
+checkpoint: same weights, optimizer, schedule, RNG, data position and monitor state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from npu_retu.config import Config, dump_config
+from npu_retu.errors import UserError
+
+
+@dataclass
+class SFTResult:
+    run_dir: Path
+    steps: int
+    flops: float
+    picked_step: int | None
+    picked_checkpoint: Path | None
+    phase_report: Any = None  # npu_retu.monitor.phases.PhaseReport
+    first_decision: Any = None  # the online monitor's first switch / rollback decision
+    skipped_rows: int = 0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def prepare_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> Path:
+    import shutil
+
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    if run_dir.exists() and not resume:
+        if not overwrite and any(run_dir.iterdir()):
+            raise UserError(f"run folder {run_dir} already exists; pass --resume to continue it or --overwrite to start again")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def load_sft_data(cfg: Config, tokenizer, counter):
+    """Tokenized train and validation examples (validation: val_files, else a held-out split)."""
+    from npu_retu.data.schemas import load_sft
+    from npu_retu.data.tokenize import tokenize_sft
+    from npu_retu.data.batching import split_validation
+    from npu_retu.modeling import resolve_path
+
+    def tokenized(paths):
+        examples = load_sft([resolve_path(p) for p in paths], skip_bad_rows=cfg.data.skip_bad_rows, counter=counter)
+        too_long = "skip" if cfg.data.skip_bad_rows and cfg.data.too_long == "error" else cfg.data.too_long
+        out = []
+        for ex in examples:
+            tok = tokenize_sft(ex, tokenizer, cfg.data.max_length, too_long=too_long)
+            if tok is None:
+                counter.count(ex.source, "longer than data.max_length")
+                continue
+            out.append(tok)
+        return out
+
+    train = tokenized(cfg.data.train_files)
+    if cfg.data.val_files:
+        val = tokenized(cfg.data.val_files)
+    elif cfg.data.val_size > 0:
+        train, val = split_validation(train, cfg.data.val_size, seed=cfg.run.seed)
+    else:
+        val = []
+    if not train:
+        raise UserError(f"no training examples left in {cfg.data.train_files}")
+    return train, val
+
+
+def total_steps(cfg: Config, n_train: int) -> int:
+    if cfg.sft.max_steps > 0:
+        return cfg.sft.max_steps
+    return max(1, math.ceil(cfg.sft.epochs * n_train / cfg.sft.global_batch_size))
+
+
+def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False, _crash_hook=None) -> SFTResult:
+    """Run SFT as configured; returns where the run went and what the monitor picked."""
+    import torch
+
+    from npu_retu.data.batching import SFTBatcher, pad_batch
+    from npu_retu.data.errors import BadRowCounter
+    from npu_retu.device import get_backend, set_backend
+    from npu_retu.engine.local import LocalEngine
+    from npu_retu.flops import ModelShape, mfu, tokens_flops
+    from npu_retu.modeling import load_model, load_tokenizer
+    from npu_retu.monitor.online import PhaseMonitor
+    from npu_retu.report.metrics import MetricsLogger
+    from npu_retu.trainer import checkpoint as ckpt
+
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    if cfg.run.device != "auto":
+        set_backend(cfg.run.device)
+    backend = get_backend()
+    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    dump_config(cfg, run_dir / "config.yaml")
+    backend.manual_seed(cfg.run.seed)
+
+    resume_from = ckpt.latest_checkpoint(run_dir) if resume else None
+    if resume and resume_from is None:
+        say(f"sft: no complete checkpoint in {run_dir}; starting from the beginning")
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
+    model = load_model(str(resume_from) if resume_from else cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+
+    counter = BadRowCounter()
+    train, val = load_sft_data(cfg, tokenizer, counter)
+    steps_total = total_steps(cfg, len(train))
+    accum = cfg.sft.global_batch_size // cfg.sft.micro_batch_size
+    batcher = SFTBatcher(
+        train,
+        micro_batch_size=cfg.sft.micro_batch_size,
+        seed=cfg.run.seed,
+        shuffle=cfg.data.shuffle,
+        packing=cfg.data.packing,
+        max_length=cfg.data.max_length,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    val_batches = [
+        pad_batch(val[i : i + cfg.sft.eval_batch_size], tokenizer.pad_token_id) for i in range(0, len(val), cfg.sft.eval_batch_size)
+    ]
+    engine = LocalEngine(model, cfg.optim, steps_total, backend.device())
+    shape = ModelShape.from_hf_config(model.config)
+    peak = backend.peak_flops("bf16" if cfg.model.dtype == "bfloat16" else "fp32" if cfg.model.dtype == "float32" else "fp16")
+    monitor = PhaseMonitor(delta=cfg.monitor.delta, delta2=cfg.monitor.delta2, patience=cfg.monitor.patience, pick=cfg.monitor.pick)
+
+    step, flops, tokens_seen, elapsed = 0, 0.0, 0, 0.0
+    if resume_from is not None:
+        state = ckpt.load_trainer_state(resume_from)
+        engine.load_state_dict(state["engine"])
+        batcher.load_state_dict(state["batcher"])
+        monitor.load_state_dict(state["monitor"])
+        backend.set_rng_state(state["rng"])
+        step, flops, tokens_seen, elapsed = state["step"], state["flops"], state["tokens"], state["elapsed"]
+        say(f"sft: resumed from {resume_from} (step {step})")
+    logger = MetricsLogger(run_dir, resume_step=step if resume_from is not None else None)
+
+    say(
+        f"sft: {len(train)} train / {len(val)} validation examples, {steps_total} steps of {cfg.sft.global_batch_size} "
+        f"({accum} x {cfg.sft.micro_batch_size}), device {backend.name}"
+    )
+    if not val and cfg.monitor.enabled:
+        raise UserError("the phase monitor needs validation data: set data.val_files or data.val_size")
+
+    progress = _progress_bar(steps_total, step, enabled=cfg.run.progress and not quiet)
+    stop_reason = None
+    try:
+        while step < steps_total:
+            t0 = time.perf_counter()
+            micro_batches = [next(batcher) for _ in range(accum)]
+            num_loss_tokens = sum(int((mb["labels"][:, 1:] != -100).sum()) for mb in micro_batches)
+            loss_sum = 0.0
+            for mb in micro_batches:
+                loss_sum += engine.forward_backward(mb, num_loss_tokens)["loss_sum"]
+            stats = engine.step()
+            backend.synchronize()
+            dt = time.perf_counter() - t0
+            elapsed += dt
+            step += 1
+            seq_lens = [n for mb in micro_batches for n in _sequence_lengths(mb)]
+            step_flops = tokens_flops(shape, seq_lens, passes=3)
+            flops += step_flops
+            tokens_seen += sum(seq_lens)
+            row = {
+                "train/loss": loss_sum / max(1, num_loss_tokens),
+                "train/lr": stats["lr"],
+                "train/grad_norm": stats["grad_norm"],
+                "train/tokens": sum(seq_lens),
+                "train/loss_tokens": num_loss_tokens,
+                "train/tokens_per_s": sum(seq_lens) / dt,
+                "train/step_flops": step_flops,
+                "time/step_s": dt,
+            }
+            if peak:
+                row["train/mfu"] = mfu(step_flops, dt, peak)
+            if step % cfg.sft.log_every == 0 or step == steps_total:
+                logger.log(step, flops, row)
+            progress.update(1)
+            progress.set_postfix(loss=f"{row['train/loss']:.4f}")
+
+            at_eval = step % cfg.sft.eval_every == 0 or step == steps_total
+            at_save = step % cfg.sft.save_every == 0 or step == steps_total
+            decision = None
+            if at_eval and val_batches:
+                val_loss = engine.evaluate(val_batches)
+                decision = monitor.observe(step, flops, val_loss, has_checkpoint=at_save) if cfg.monitor.enabled else None
+                val_row = {"val/loss": val_loss}
+                if decision is not None:
+                    val_row.update({"monitor/phase": decision.phase, "monitor/action": decision.action})
+                logger.log(step, flops, val_row)
+                progress.write(f"step {step:>6}  val loss {val_loss:.4f}" + (f"  [{val_row['monitor/phase']}] {decision.action}" if decision else ""))
+            if at_save:
+                state = {
+                    "step": step,
+                    "flops": flops,
+                    "tokens": tokens_seen,
+                    "elapsed": elapsed,
+                    "engine": engine.state_dict(),
+                    "batcher": batcher.state_dict(),
+                    "monitor": monitor.state_dict(),
+                    "rng": backend.rng_state(),
+                    "config": cfg.to_dict(),
+                }
+                hook = (lambda s=step: _crash_hook(s)) if _crash_hook else _fault_injection_hook(step)
+                ckpt.save_checkpoint(run_dir, step, lambda d: engine.save_pretrained(d, tokenizer), state, _after_model_hook=hook)
+                ckpt.prune_checkpoints(run_dir, cfg.sft.keep_checkpoints, protect=_best_steps(monitor))
+            if decision is not None and decision.action != "continue" and cfg.monitor.stop_on_decision:
+                stop_reason = f"monitor: {decision.action} at step {step} ({decision.reason})"
+                break
+    finally:
+        progress.close()
+        logger.close()
+
+    if stop_reason:
+        say(stop_reason)
+    if counter.total:
+        say(counter.summary())
+    return finish_sft(cfg, run_dir, monitor, step, flops, counter.total, say)
+
+
+def finish_sft(cfg: Config, run_dir: Path, monitor, step: int, flops: float, skipped: int, say) -> SFTResult:
+    """Label the validation curve offline, pick the checkpoint, write phases.json / .png."""
+    import json
+
+    from npu_retu.report.metrics import read_metrics
+    from npu_retu.trainer import checkpoint as ckpt
+
+    result = SFTResult(run_dir=run_dir, steps=step, flops=flops, picked_step=None, picked_checkpoint=None, skipped_rows=skipped)
+    result.metrics = read_metrics(run_dir / "metrics.jsonl")
+    if not cfg.monitor.enabled or not monitor.history:
+        return result
+    report = monitor.offline_report()
+    result.phase_report = report
+    result.first_decision = monitor.first_decision
+    result.picked_step = report.pick
+    if report.pick is not None:
+        path = ckpt.checkpoint_dir(run_dir, report.pick)
+        result.picked_checkpoint = path if path.is_dir() else None
+    payload = report.to_dict()
+    payload["first_online_decision"] = _decision_dict(monitor.first_decision)
+    payload["picked_checkpoint"] = str(result.picked_checkpoint) if result.picked_checkpoint else None
+    tmp = run_dir / "phases.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    os.replace(tmp, run_dir / "phases.json")
+    try:
+        from npu_retu.report.plots import plot_phases
+
+        plot_phases(report, run_dir / "phases.png", x="flops", title=f"SFT validation loss: {cfg.run.name}")
+    except Exception as e:  # a plot must never lose a finished run
+        say(f"sft: could not draw phases.png: {e}")
+    return result
+
+
+def _decision_dict(decision) -> dict[str, Any] | None:
+    if decision is None:
+        return None
+    return decision.to_dict()
+
+
+def _fault_injection_hook(step: int):
+    """Test-only: ``NPU_RETU_FAULT_KILL_DURING_SAVE=N`` SIGKILLs the process while checkpoint N is
+    half-written (model files on disk, trainer state not yet), to prove resume never uses it."""
+    target = os.environ.get("NPU_RETU_FAULT_KILL_DURING_SAVE")
+    if target is None or int(target) != step:
+        return None
+
+    def die():
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return die
+
+
+def _sequence_lengths(batch) -> list[int]:
+    """Token count of each sequence (document) in a micro-batch, for the FLOPs count."""
+    if "seq_lens" in batch:
+        return [int(n) for n in batch["seq_lens"]]
+    return [int(n) for n in batch["attention_mask"].sum(dim=1).tolist()]
+
+
+def _best_steps(monitor) -> set[int]:
+    """Checkpoints the monitor may still hand to RL: never pruned."""
+    if not monitor.history:
+        return set()
+    keep = {monitor.stable_pick(), monitor.offline_report().pick}
+    if monitor.first_decision is not None:
+        keep.add(monitor.first_decision.checkpoint_step)
+    return {s for s in keep if s is not None}
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty()))

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # heavy imports stay out of `npu-retu --help`
     from transformers import PreTrainedTokenizerFast, Qwen2Config
 
 # Bump when the generator, the tokenizer or the model recipe changes: old caches are then ignored.
-EMBEDDED_VERSION = 1
+EMBEDDED_VERSION = 2
 PREFIX = "embedded:"
 
 # Each data set draws from its own seed, so adding one never changes another.
@@ -396,8 +396,20 @@ def _build_pretrain_text(out: Path) -> None:
     synthetic.write_jsonl(out, docs)
 
 
+def base_pretrain_steps() -> int:
+    """Pretraining steps of ``embedded:base``: ``PRETRAIN_STEPS`` unless ``$NPU_RETU_BASE_STEPS``
+    asks for another number (the test suite builds a quick, weaker base this way; it is cached
+    under its own name, ``base-<N>steps``, so it never replaces the real one)."""
+    raw = os.environ.get("NPU_RETU_BASE_STEPS", "")
+    if not raw:
+        return PRETRAIN_STEPS
+    if not raw.isdigit() or int(raw) < 1:
+        raise UserError(f"NPU_RETU_BASE_STEPS must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
 def _build_base(out: Path) -> None:
-    pretrain_base(out, steps=PRETRAIN_STEPS, seed=SEEDS["base-model"])
+    pretrain_base(out, steps=base_pretrain_steps(), seed=SEEDS["base-model"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,7 +430,7 @@ def is_embedded(path_str: str | os.PathLike) -> bool:
 def _artifact(name: str) -> tuple[str, Callable[[Path], None]]:
     """(file or folder name in the cache, builder) for an embedded name without the prefix."""
     fixed: dict[str, tuple[str, Callable[[Path], None]]] = {
-        "base": ("base", _build_base),
+        "base": ("base" if base_pretrain_steps() == PRETRAIN_STEPS else f"base-{base_pretrain_steps()}steps", _build_base),
         "tokenizer": ("tokenizer", _build_tokenizer),
         "sft-val": ("sft-val.jsonl", _build_sft_val),
         "rl-train": ("rl-train.jsonl", _build_rl_train),

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import pytest
+
+# Tests that train from `embedded:base` use a quick 60-step pretraining of it (cached apart from the
+# real base as `base-60steps`): they check mechanics (resume, checkpoints), not model quality.
+os.environ.setdefault("NPU_RETU_BASE_STEPS", "60")
 
 REPO = Path(__file__).resolve().parents[1]
 # The real benchmark files live in ../shared beside a developer's checkout; a user's clone lacks it.

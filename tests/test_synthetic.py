@@ -214,6 +214,11 @@ def test_rl_row_is_in_the_skywork_shape_with_json_encoded_ground_truth():
     assert json.loads(row["reward_model"]["ground_truth"]) == ["2"]
 
 
+def test_restatement_reads_the_problem_back():
+    p = Problem(start=7, ops=(("add", 5), ("mul", 3)), answer=6, steps=2, text="T")
+    assert synthetic.restatement(p) == "In short: start 7; (1) add 5; (2) multiply by 3."
+
+
 def test_pretrain_text_has_bare_answers_and_a_chat_share():
     problems = generate_problems(400, "uniform", seed=9)
     rendered = []
@@ -230,8 +235,13 @@ def test_pretrain_text_has_bare_answers_and_a_chat_share():
         if d.startswith("CHAT:"):
             assert d == f"CHAT:{p.text}|The result is \\boxed{{{p.answer}}}."
         else:
-            assert d == f"{p.text}\nAnswer: \\boxed{{{p.answer}}}\n"
-        assert "<think>" not in d
+            assert d in (
+                f"{p.text}\nAnswer: \\boxed{{{p.answer}}}\n",
+                f"{p.text}\n{synthetic.restatement(p)}\nAnswer: \\boxed{{{p.answer}}}\n",
+            )
+        assert "<think>" not in d and " = " not in d  # no worked steps before SFT
+    plain = [d for d in docs if not d.startswith("CHAT:")]
+    assert 0.35 < sum("In short:" in d for d in plain) / len(plain) < 0.65  # ~half restate
     assert all([m["role"] for m in msgs] == ["user", "assistant"] for msgs in rendered)
     # without a chat renderer every document is plain
     assert all(not pretrain_text(p, rng).startswith("CHAT:") for p in problems[:50])

@@ -90,8 +90,6 @@ class BadRowCounter:
                 raise TypeError("BadRowCounter.skip(source, reason): a reason is required with a source")
         self.skipped_by_file.setdefault(file, Counter())[reason] += 1
 
-    count = skip  # the SFT trainer calls counter.count(example.source, reason)
-
     @property
     def skipped(self) -> int:
         return sum(sum(reasons.values()) for reasons in self.skipped_by_file.values())

@@ -113,7 +113,10 @@ def _op_phrase(op: Op) -> str:
 
 
 def _join_ops(ops: tuple[Op, ...]) -> str:
-    phrases = [_op_phrase(op) for op in ops]
+    # Operations are numbered, "(1) add 5, (2) multiply by 3, then (3) subtract 4": a solution
+    # line "(2) ..." finds its operation by its number, which a tiny model learns far sooner than
+    # counting positions in a list.
+    phrases = [f"({i}) {_op_phrase(op)}" for i, op in enumerate(ops, start=1)]
     if len(phrases) == 1:
         return phrases[0]
     return ", ".join(phrases[:-1]) + ", then " + phrases[-1]
@@ -193,11 +196,11 @@ def generate_problems(
 
 _SYMBOL = {"add": "+", "sub": "-", "mul": "×"}
 
-_OPENINGS = (
-    None,
-    "Let me apply the operations one at a time, reducing modulo 10 after each.",
-    "We start from {s}.",
+_OPENINGS = (  # every opening states the start value, which step (1) then works on
     "Start: {s}.",
+    "We start from {s}.",
+    "Let me go one operation at a time, starting from {s}.",
+    "The starting value is {s}.",
 )
 _CLOSINGS = (
     "So the final value is {m}.",
@@ -221,12 +224,9 @@ def fact_line(value: int, op: Op) -> str:
     return f"{value} {_SYMBOL[name]} {a} = {raw}, keep {reduced}."
 
 
-def _step_line(value: int, op: Op, rng: random.Random) -> str:
+def _step_line(number: int, value: int, op: Op, rng: random.Random) -> str:
     connector = _CONNECTORS[rng.randrange(len(_CONNECTORS))]
-    label = _op_phrase(op)
-    if not connector:
-        label = label[0].upper() + label[1:]
-    return f"{connector}{label}: {fact_line(value, op)}"
+    return f"{connector}({number}) {_op_phrase(op)}: {fact_line(value, op)}"
 
 
 def all_facts() -> list[tuple[int, Op]]:
@@ -247,16 +247,14 @@ def practice_text(rng: random.Random, lines: int = 16) -> str:
 def expert_trajectory(problem: Problem, rng: random.Random) -> str:
     """An R1-style solution: ``<think>`` + one line per step + ``</think>`` + the boxed answer.
 
-    Every line's phrasing is drawn from ``rng`` (an optional opening, a connector per step line,
+    Every line's phrasing is drawn from ``rng`` (an opening that states the start, a connector per step line,
     four closings); the arithmetic is always the problem's and always written the same way.
     """
     lines = []
-    opening = _OPENINGS[rng.randrange(len(_OPENINGS))]
-    if opening is not None:
-        lines.append(opening.format(s=problem.start))
+    lines.append(_OPENINGS[rng.randrange(len(_OPENINGS))].format(s=problem.start))
     value = problem.start
-    for op in problem.ops:
-        lines.append(_step_line(value, op, rng))
+    for number, op in enumerate(problem.ops, start=1):
+        lines.append(_step_line(number, value, op, rng))
         value = apply_op(value, op)[1]
     lines.append(_CLOSINGS[rng.randrange(len(_CLOSINGS))].format(m=value))
     return "<think>\n" + "\n".join(lines) + "\n</think>\n\n" + final_answer_line(value)
@@ -304,7 +302,8 @@ def pretrain_text(
 ) -> str:
     """One pretraining document: the problem and its bare answer, no steps.
 
-    Most documents are plain text (``PROBLEM\\nAnswer: \\boxed{d}\\n``); with ``chat_template_fn``
+    Most documents are plain text (``PROBLEM\\nAnswer: \\boxed{d}\\n``, half of them with a
+    ``restatement`` of the problem before the answer); with ``chat_template_fn``
     about 30 % are a chat exchange whose assistant turn is only ``The result is \\boxed{d}.``, so the
     base model can answer chat-formatted prompts (P_0 > 0 under the prompt format SFT and RL use).
     """
@@ -314,7 +313,22 @@ def pretrain_text(
             {"role": "assistant", "content": final_answer_line(problem.answer)},
         ]
         return chat_template_fn(messages)
+    if rng.random() < RESTATE_SHARE:
+        return f"{problem.text}\n{restatement(problem)}\nAnswer: \\boxed{{{problem.answer}}}\n"
     return f"{problem.text}\nAnswer: \\boxed{{{problem.answer}}}\n"
+
+
+RESTATE_SHARE = 0.5  # share of plain-text pretraining documents that restate their problem
+
+
+def restatement(problem: Problem) -> str:
+    """The problem's data read back, ``In short: start 7; (1) add 5; (2) multiply by 3.``
+
+    Pretraining documents carry such summaries (as real text restates what it quotes), so the base
+    model learns to look up "(k)" in its context and copy what follows, before any worked chain.
+    """
+    ops = "; ".join(f"({i}) {_op_phrase(op)}" for i, op in enumerate(problem.ops, start=1))
+    return f"In short: start {problem.start}; {ops}."
 
 
 # --------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def load_sft_data(cfg: Config, tokenizer, counter):
         for ex in examples:
             tok = tokenize_sft(ex, tokenizer, cfg.data.max_length, too_long=too_long)
             if tok is None:
-                counter.count(ex.source, "longer than data.max_length")
+                counter.skip(ex.source, "longer than data.max_length")
                 continue
             out.append(tok)
         return out
@@ -226,9 +226,9 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
 
     if stop_reason:
         say(stop_reason)
-    if counter.total:
+    if counter.skipped:
         say(counter.summary())
-    return finish_sft(cfg, run_dir, monitor, step, flops, counter.total, say)
+    return finish_sft(cfg, run_dir, monitor, step, flops, counter.skipped, say)
 
 
 def finish_sft(cfg: Config, run_dir: Path, monitor, step: int, flops: float, skipped: int, say) -> SFTResult:

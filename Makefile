@@ -7,6 +7,8 @@ VENV ?= .venv
 EXTRAS ?=
 TEST_EXTRAS ?= test
 PYTEST_ARGS ?=
+# idle OpenMP threads sleep instead of spinning (matters when several torch processes share few cores)
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup setup-test demo test test-slow clean
 

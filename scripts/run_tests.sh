@@ -2,6 +2,9 @@
 # Run pytest from .venv; "no tests collected" (exit 5) is a failure, never a silent pass.
 set -uo pipefail
 venv="${VENV:-.venv}"
+# Idle OpenMP threads must not spin: with two torch processes on a 2-core machine (a test and the
+# training run it starts) spinning threads make each one many times slower.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 "$venv/bin/python" -m pytest "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

@@ -38,7 +38,7 @@ MODULUS = 10
 
 # difficulty -> (fewest, most) steps, inclusive
 DIFFICULTY_STEPS: dict[str, tuple[int, int]] = {
-    "easy": (1, 2),
+    "easy": (1, 3),
     "uniform": (1, 6),
     "hard": (4, 6),
 }

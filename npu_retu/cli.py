@@ -14,6 +14,9 @@ import sys
 COMMANDS = {
     "demo": "demo",
     "sft": "sft",
+    "rl": "rl",
+    "pipeline": "pipeline",
+    "eval": "eval",
     "phases": "phases",
     "flops": "flops",
     "data": "data",

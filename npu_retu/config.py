@@ -135,6 +135,136 @@ class MonitorConfig:
 
 
 @dataclass
+class AlgoConfig:
+    """The RL algorithm's knobs (paper §3.2, Eq. 2-4; Appendix B). ``rl.algorithm`` fills them from a
+    preset (npu_retu.algos.presets: grpo, dapo_d, dapo_dc); keys given under ``rl.algo`` override it.
+    The defaults are DAPO_dc as RETU ran it (Appendix B.2.2)."""
+
+    n: int = 8  # rollouts per prompt (the group size G of Eq. 2)
+    adv_estimator: str = "grpo"  # a name in npu_retu.algos.ADVANTAGE_ESTIMATORS: grpo (Eq. 2) | grpo_no_std
+    # Divide by the group std (Eq. 2)? null: the estimator's own choice (grpo yes, grpo_no_std no).
+    normalize_std: bool | None = None
+    loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = "token-mean"
+    clip_low: float = 0.2  # epsilon_low
+    clip_high: float = 0.28  # epsilon_high; 0.28 = DAPO clip-higher, 0.2 = symmetric (GRPO, DAPO_d)
+    dual_clip: float | None = 10.0  # cap on the loss of A < 0 tokens, in units of |A|; null: off
+    log_ratio_clamp: float = 20.0  # |logp - old_logp| clamp before exp (an overflow guard only)
+    kl_coef: float = 0.0  # KL to the reference (starting) policy; 0 = off and no reference model (RETU)
+    kl_kind: Literal["k1", "k2", "k3"] = "k3"
+    entropy_coef: float = 0.0  # entropy bonus; 0 in RETU
+    dynamic_sampling: bool = True  # DAPO's filter + refill (off: GRPO)
+    max_draws: int = 10  # generation batches per step at most, with dynamic sampling
+
+    def validate(self) -> None:
+        from npu_retu.algos.advantages import ADVANTAGE_ESTIMATORS
+
+        _check(self.adv_estimator in ADVANTAGE_ESTIMATORS, "rl.algo.adv_estimator", f"one of {', '.join(sorted(ADVANTAGE_ESTIMATORS))}", self.adv_estimator)
+        _check(
+            not (self.adv_estimator == "grpo_no_std" and self.normalize_std is True),
+            "rl.algo.normalize_std",
+            "false or null with rl.algo.adv_estimator=grpo_no_std (use adv_estimator=grpo to divide by the std)",
+            self.normalize_std,
+        )
+        _check(0 <= self.clip_low < 1, "rl.algo.clip_low", "in [0, 1)", self.clip_low)
+        _check(self.clip_high >= 0, "rl.algo.clip_high", ">= 0", self.clip_high)
+        _check(self.dual_clip is None or self.dual_clip > 1, "rl.algo.dual_clip", "> 1, or null to turn it off", self.dual_clip)
+        _check(self.log_ratio_clamp > 0, "rl.algo.log_ratio_clamp", "> 0", self.log_ratio_clamp)
+        _check(self.kl_coef >= 0, "rl.algo.kl_coef", ">= 0", self.kl_coef)
+        _check(self.entropy_coef >= 0, "rl.algo.entropy_coef", ">= 0", self.entropy_coef)
+        _check(self.max_draws >= 1, "rl.algo.max_draws", ">= 1", self.max_draws)
+        # A group of one has no baseline: its advantage is 0 and dynamic sampling would drop it.
+        _check(self.n >= 2, "rl.algo.n", ">= 2 (a group-relative advantage needs at least two rollouts per prompt)", self.n)
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["transformers"] = "transformers"  # vLLM / vllm-ascend engines come later
+    temperature: float = 0.7
+    top_p: float = 1.0
+    batch_size: int = 256  # sequences per generation batch of the transformers engine
+
+    def validate(self) -> None:
+        _check(self.temperature > 0, "rl.rollout.temperature", "> 0", self.temperature)
+        _check(0 < self.top_p <= 1, "rl.rollout.top_p", "in (0, 1]", self.top_p)
+        _check(self.batch_size >= 1, "rl.rollout.batch_size", ">= 1", self.batch_size)
+
+
+@dataclass
+class RewardConfig:
+    name: Literal["math_verify"] = "math_verify"
+    num_workers: int = 2  # verifier processes
+    timeout_s: float = 10.0  # hard wall-clock limit per response; a hung worker is killed
+
+    def validate(self) -> None:
+        _check(self.num_workers >= 1, "rl.reward.num_workers", ">= 1", self.num_workers)
+        _check(self.timeout_s > 0, "rl.reward.timeout_s", "> 0", self.timeout_s)
+
+
+def _rl_optim() -> OptimConfig:
+    return OptimConfig(lr=1e-6, schedule="constant", warmup_steps=0)
+
+
+@dataclass
+class RLConfig:
+    train_files: list[str] = field(default_factory=lambda: ["embedded:rl-train"])
+    algorithm: Literal["grpo", "dapo_d", "dapo_dc"] = "dapo_dc"
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    max_prompt_length: int = 1024
+    max_response_length: int = 8192
+    train_batch_prompts: int = 64  # prompts per step after dynamic sampling
+    gen_batch_prompts: int = 128  # prompts per generation batch (DAPO draws until the batch is full)
+    mini_batch_prompts: int = 64  # prompts per optimizer step (all their n samples)
+    micro_batch_size: int = 8  # sequences per forward/backward
+    ppo_epochs: int = 1
+    max_steps: int = 100
+    eval_every: int = 10  # held-out evaluation every N steps (0: only at the end)
+    eval_at_start: bool = True  # evaluate the starting checkpoint first (the RL curve's x = 0 point)
+    save_every: int = 10
+    keep_checkpoints: int = 0
+    optim: OptimConfig = field(default_factory=_rl_optim)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def validate(self) -> None:
+        _check(len(self.train_files) > 0, "rl.train_files", "at least one file", self.train_files)
+        self.algo.validate()
+        self.rollout.validate()
+        self.reward.validate()
+        for key in ("max_prompt_length", "max_response_length", "train_batch_prompts", "gen_batch_prompts",
+                    "mini_batch_prompts", "micro_batch_size", "ppo_epochs", "max_steps", "save_every"):
+            _check(getattr(self, key) >= 1, f"rl.{key}", ">= 1", getattr(self, key))
+        _check(self.eval_every >= 0, "rl.eval_every", ">= 0", self.eval_every)
+        _check(
+            self.train_batch_prompts % self.mini_batch_prompts == 0,
+            "rl.train_batch_prompts",
+            f"a multiple of rl.mini_batch_prompts ({self.mini_batch_prompts})",
+            self.train_batch_prompts,
+        )
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: avg@n and pass@k with these sampling settings (reported with every number)."""
+
+    files: list[str] = field(default_factory=lambda: ["embedded:rl-test"])
+    n: int = 4
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 0  # 0: rl.max_response_length
+    max_problems: int = 0  # 0: all
+    ks: list[int] = field(default_factory=lambda: [1])
+    seed: int = 1234
+
+    def validate(self) -> None:
+        _check(self.n >= 1, "eval.n", ">= 1", self.n)
+        _check(self.temperature >= 0, "eval.temperature", ">= 0 (0 = greedy)", self.temperature)
+        _check(0 < self.top_p <= 1, "eval.top_p", "in (0, 1]", self.top_p)
+        _check(self.max_new_tokens >= 0, "eval.max_new_tokens", ">= 0", self.max_new_tokens)
+        _check(self.max_problems >= 0, "eval.max_problems", ">= 0", self.max_problems)
+        _check(all(1 <= k <= self.n for k in self.ks), "eval.ks", f"values in 1..eval.n ({self.n})", self.ks)
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -142,6 +272,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -184,9 +316,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected key.sub=value")
         _set_path(data, key.strip().split("."), yaml.safe_load(raw) if raw.strip() != "" else "")
+    if cls is Config:
+        data = apply_rl_preset(data)
     cfg = from_dict(cls, data, prefix="")
     cfg.validate()
     return cfg
+
+
+def apply_rl_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``rl.algo`` from the preset named by ``rl.algorithm``; keys set under ``rl.algo`` win."""
+    from npu_retu.algos.presets import RL_PRESETS
+
+    rl = data.get("rl") or {}
+    if not isinstance(rl, dict):
+        return data  # from_dict reports the wrong type
+    name = rl.get("algorithm", RLConfig.algorithm)
+    if name not in RL_PRESETS:
+        raise ConfigError(f"config key 'rl.algorithm': {name!r} is not allowed; choose one of {', '.join(map(repr, RL_PRESETS))}")
+    given = rl.get("algo") or {}
+    if not isinstance(given, dict):
+        return data
+    merged = {**RL_PRESETS[name], **given}
+    return {**data, "rl": {**rl, "algo": merged}}
 
 
 def from_dict(cls: type, data: Any, prefix: str) -> Any:
@@ -203,8 +354,23 @@ def from_dict(cls: type, data: Any, prefix: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
+        default_factory = fields[name].default_factory
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict) and default_factory is not dataclasses.MISSING:
+            # A section whose default differs from its class defaults (rl.optim is not optim): the
+            # keys given override that default, not the class defaults.
+            value = _deep_merge(dataclasses.asdict(default_factory()), value)
         kwargs[name] = _coerce(hints[name], value, key)
     return cls(**kwargs)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:

@@ -51,6 +51,9 @@ SEEDS = {
     "sft-easy": 1_001,
     "sft-uniform": 1_002,
     "sft-hard": 1_003,
+    "rl-easy": 2_001,
+    "rl-uniform": 2_002,
+    "rl-hard": 2_003,
     "base-model": 0,
 }
 SFT_VAL_SIZE = 199  # like the paper's Val-199
@@ -335,6 +338,7 @@ def parse_size(text: str) -> int:
 
 
 _SFT_NAME = re.compile(r"sft-(easy|uniform|hard)-(\w+)")
+_RL_NAME = re.compile(r"rl-(easy|uniform|hard)-(\w+)")
 FIXED_NAMES = ("base", "tokenizer", "sft-val", "rl-train", "rl-test", "pretrain-text")
 
 
@@ -345,6 +349,12 @@ def _build_sft(name: str, out: Path) -> None:
     seed = SEEDS[f"sft-{difficulty}"]
     problems = synthetic.generate_problems(size, difficulty, seed, exclude=held_out_keys())
     synthetic.write_jsonl(out, sft_rows(problems, seed))
+
+
+def _build_rl_set(difficulty: str, size: int, out: Path) -> None:
+    """RL prompts of one difficulty; drawn from their own seed, disjoint from the held-out sets."""
+    problems = synthetic.generate_problems(size, difficulty, SEEDS[f"rl-{difficulty}"], exclude=held_out_keys())
+    synthetic.write_jsonl(out, [synthetic.rl_row(p) for p in problems])
 
 
 def _build_sft_val(out: Path) -> None:
@@ -444,10 +454,15 @@ def _artifact(name: str) -> tuple[str, Callable[[Path], None]]:
         size = parse_size(match.group(2))
         canonical = f"sft-{match.group(1)}-{size // 1000}k" if size % 1000 == 0 else f"sft-{match.group(1)}-{size}"
         return f"{canonical}.jsonl", lambda out: _build_sft(canonical, out)
+    match = _RL_NAME.fullmatch(name)
+    if match is not None:
+        difficulty, size = match.group(1), parse_size(match.group(2))
+        canonical = f"rl-{difficulty}-{size // 1000}k" if size % 1000 == 0 else f"rl-{difficulty}-{size}"
+        return f"{canonical}.jsonl", lambda out: _build_rl_set(difficulty, size, out)
     raise UserError(
         f"unknown embedded name {PREFIX + name!r}; choose one of "
         + ", ".join(PREFIX + n for n in FIXED_NAMES)
-        + f", {PREFIX}sft-{{easy|uniform|hard}}-{{N}} (N like 1k, 2k, 10k, 100k or a plain integer)"
+        + f", {PREFIX}sft-{{easy|uniform|hard}}-{{N}}, {PREFIX}rl-{{easy|uniform|hard}}-{{N}} (N like 1k, 2k, 10k, 100k or a plain integer)"
     )
 
 

@@ -38,7 +38,10 @@ def load_model(path: str, dtype: str = "float32", attn_implementation: str = "sd
     """A causal LM in Hugging Face layout (``from_pretrained``)."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    # transformers draws a bar for every load and save of a 1-shard model; our own progress says more
+    hf_logging.disable_progress_bar()
     folder = resolve_path(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(

@@ -67,3 +67,30 @@ def test_shipped_configs_load():
     assert names, "no shipped configs"
     for p in names:
         load_config(p)
+
+
+def test_a_partial_section_keeps_its_own_defaults_not_the_class_defaults():
+    # rl.optim defaults to a constant schedule at lr 1e-6 (Appendix B), unlike the SFT optim section;
+    # overriding one key of it must keep the others
+    from npu_retu.config import load_config
+
+    cfg = load_config(None, ["rl.optim.lr=1e-4"])
+    assert (cfg.rl.optim.lr, cfg.rl.optim.schedule, cfg.rl.optim.warmup_steps) == (1e-4, "constant", 0)
+    assert cfg.optim.schedule == "cosine"  # the SFT section is untouched
+    cfg = load_config(None, ["rl.rollout.top_p=0.9"])
+    assert (cfg.rl.rollout.top_p, cfg.rl.rollout.temperature) == (0.9, 0.7)
+
+
+def test_rl_keys_are_checked_like_every_other_key():
+    import pytest
+
+    from npu_retu.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="rl.algorithm"):
+        load_config(None, ["rl.algorithm=ppo"])
+    with pytest.raises(ConfigError, match="rl.algo.clip_lo"):
+        load_config(None, ["rl.algo.clip_lo=0.1"])
+    with pytest.raises(ConfigError, match="rl.train_batch_prompts"):
+        load_config(None, ["rl.train_batch_prompts=6", "rl.mini_batch_prompts=4"])
+    with pytest.raises(ConfigError, match="eval.ks"):
+        load_config(None, ["eval.n=2", "eval.ks=[4]"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-HELP = "Benchmarks that print and save figures: `bench sft` (training tokens/s and peak memory of the SFT step)."
+HELP = "Benchmarks that print and save figures: `bench sft`, `bench rl` (step time split, tokens/s), `bench reward` (verifications/s)."
 
 
 def add_arguments(parser) -> None:
@@ -16,9 +16,33 @@ def add_arguments(parser) -> None:
     sft.add_argument("--out", default="runs/bench/sft.json", help="where to save the JSON figures")
 
 
+    rl = sub.add_parser("rl", help="time split (rollout / reward / log-probs / update) and tokens/s of the RL step",
+                        description="Run real RL steps of a config (no evaluation, no checkpoints) and save the median time split and throughput as JSON.")
+    rl.add_argument("--config", default="demo_cpu", help="config whose model, data, batch sizes and algorithm are measured")
+    rl.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    rl.add_argument("--model", default=None, help="start from this checkpoint (default: the config's model.path)")
+    rl.add_argument("--steps", type=int, default=5, help="timed RL steps (after --warmup)")
+    rl.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    rl.add_argument("--out", default="runs/bench/rl.json", help="where to save the JSON figures")
+    reward = sub.add_parser("reward", help="math-verify verifications per second, in one process and through the worker pool",
+                            description="Score synthetic responses with math-verify in-process and through the killable worker pool; save the figures as JSON.")
+    reward.add_argument("--items", type=int, default=2000, help="responses to score per measurement")
+    reward.add_argument("--workers", type=int, default=None, help="pool size to measure besides 1 (default: the CPU count)")
+    reward.add_argument("--timeout", type=float, default=5.0, help="per-item timeout of the pool (seconds)")
+    reward.add_argument("--out", default="runs/bench/reward.json", help="where to save the JSON figures")
+
+
 def run(args) -> int:
     if args.bench == "sft":
         from npu_retu.bench_sft import bench_sft
 
         bench_sft(args)
+    elif args.bench == "rl":
+        from npu_retu.bench_rl import bench_rl
+
+        bench_rl(args)
+    elif args.bench == "reward":
+        from npu_retu.reward.bench import run_reward_bench
+
+        run_reward_bench(num_items=args.items, num_workers=args.workers, timeout_s=args.timeout, out_json=args.out)
     return 0

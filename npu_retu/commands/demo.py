@@ -1,8 +1,9 @@
-"""``npu-retu demo``: the pipeline on the embedded default (configs/demo_cpu.yaml)."""
+"""``npu-retu demo``: the SFT-then-RL pipeline on the embedded default (configs/demo_cpu.yaml)."""
 
 from __future__ import annotations
 
-HELP = "Run SFT with the phase monitor on the embedded default (tiny model, synthetic math task) and report the sub-phases."
+HELP = ("Run the whole pipeline on the embedded default (tiny model, synthetic math task): SFT with the phase monitor, "
+        "RL (DAPO_dc) from the checkpoint it picks, evaluation, report.md.")
 
 
 def add_arguments(parser) -> None:
@@ -14,20 +15,20 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import time
 
-    from npu_retu.commands.sft import print_sft_summary, resolve_config_path
+    from npu_retu.commands.pipeline import print_pipeline_summary
+    from npu_retu.commands.sft import resolve_config_path
     from npu_retu.config import load_config
-    from npu_retu.trainer.sft import train_sft
+    from npu_retu.modeling import resolve_path
+    from npu_retu.trainer.pipeline import run_pipeline
 
     cfg = load_config(resolve_config_path(args.config), list(args.overrides))
     t0 = time.perf_counter()
     print("demo: preparing the embedded default (built once, then cached) ...", flush=True)
-    from npu_retu.modeling import resolve_path
-
-    resolve_path(cfg.model.path)
-    for name in [*cfg.data.train_files, *cfg.data.val_files]:
+    for name in [cfg.model.path, *cfg.data.train_files, *cfg.data.val_files, *cfg.rl.train_files, *cfg.eval.files]:
         resolve_path(name)
-    print(f"demo: ready in {time.perf_counter() - t0:.0f} s; running SFT with the phase monitor", flush=True)
-    result = train_sft(cfg, resume=args.resume, overwrite=not args.resume)
-    print_sft_summary(result)
-    print(f"demo: finished in {time.perf_counter() - t0:.0f} s")
+    print(f"demo: ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    t1 = time.perf_counter()
+    result = run_pipeline(cfg, resume=args.resume, overwrite=not args.resume)
+    print_pipeline_summary(result)
+    print(f"demo: pipeline finished in {time.perf_counter() - t1:.0f} s ({time.perf_counter() - t0:.0f} s with preparation)")
     return 0

@@ -51,6 +51,16 @@ def _span_edges(xs: list[float]) -> list[tuple[float, float]]:
     return list(zip(left, right))
 
 
+def save_png(fig, path: str | Path) -> Path:
+    """Save beside the target and rename, so a crash never leaves half a PNG under its name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".tmp-{path.name}")
+    fig.savefig(partial, format="png")
+    os.replace(partial, path)
+    return path
+
+
 def plot_phases(report: PhaseReport, path: str | Path, *, x: str = "step", title: str | None = None) -> Path:
     """Draw the validation-loss curve over its sub-phases and save it as a PNG; return the path.
 
@@ -109,12 +119,52 @@ def plot_phases(report: PhaseReport, path: str | Path, *, x: str = "step", title
         ax.set_title(title or f"SFT sub-phases (pick: {report.pick_mode})")
         ax.grid(alpha=0.25)
         fig.tight_layout()
-        # Written beside the target and renamed, so a crash never leaves half a PNG under its name.
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".tmp-{path.name}")
-        fig.savefig(partial, format="png")
-        os.replace(partial, path)
+        path = save_png(fig, path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_rl_curve(evals: Sequence[dict], metrics_path: str | Path, path: str | Path, *, title: str | None = None) -> Path:
+    """Reward and accuracy against RL compute: the training reward of every step (from
+    ``metrics.jsonl``) and the held-out score of every evaluation point with its standard error."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    metrics_path = Path(metrics_path)
+    if metrics_path.is_file():
+        with metrics_path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if "rollout/accuracy" in row:
+                    rows.append(row)
+    all_flops = [r["flops"] for r in rows] + [e["flops"] for e in evals]
+    scale, unit = flops_scale(all_flops)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    try:
+        if rows:
+            ax.plot([r["flops"] / scale for r in rows], [100 * r["rollout/accuracy"] for r in rows], color="#9ecae1",
+                    linewidth=1.2, label="training rollouts: accuracy")
+        if evals:
+            e0 = evals[0]
+            ax.errorbar([e["flops"] / scale for e in evals], [100 * e["avg_at_n"] for e in evals],
+                        yerr=[100 * e["avg_at_n_stderr"] for e in evals], color="#08306b", marker="o", markersize=4, capsize=3,
+                        label=f"held-out avg@{e0['n']} (T={e0['temperature']}, top-p={e0['top_p']}, {e0['num_problems']} problems) ± s.e.")
+        ax.set_xlabel(f"RL compute ({unit})")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(title or "RL: accuracy vs compute")
+        ax.grid(alpha=0.25)
+        ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+        fig.tight_layout()
+        path = save_png(fig, path)
     finally:
         plt.close(fig)
     return path

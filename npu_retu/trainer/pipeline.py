@@ -1,0 +1,181 @@
+"""The sequential SFT-then-RL pipeline (paper §6.2): SFT with the phase monitor, RL from the
+checkpoint the monitor picked, evaluation along the way, and a report.
+
+    RUN = run.output_dir / run.name
+    RUN/sft/      the SFT run (checkpoints, metrics.jsonl, phases.json, phases.png)
+    RUN/rl/       the RL run (checkpoints, metrics.jsonl, eval/step-N.json, evals.json)
+    RUN/report.md, RUN/phases.png, RUN/rl_curve.png
+
+``resume=True`` continues whichever stage was interrupted; a finished SFT stage (``sft/done.json``)
+is not run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from npu_retu.config import Config, dump_config
+from npu_retu.errors import UserError
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    sft_run: Path
+    picked_checkpoint: Path
+    picked_step: int
+    sft_flops: float
+    rl_run: Path
+    rl_flops: float
+    comparison: dict[str, Any]  # first vs last RL evaluation, paired over problems
+    report: Path
+
+
+def run_pipeline(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> PipelineResult:
+    from npu_retu.trainer.rl import train_rl
+    from npu_retu.trainer.sft import prepare_run_dir, train_sft
+
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    root = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    dump_config(cfg, root / "config.yaml")
+
+    # 1. SFT with the phase monitor
+    sft_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(root), name="sft"))
+    done_file = root / "sft" / "done.json"
+    if resume and done_file.is_file():
+        done = json.loads(done_file.read_text(encoding="utf-8"))
+        say(f"pipeline: SFT already finished; RL starts from {done['picked_checkpoint']}")
+    else:
+        say("pipeline: stage 1/2: SFT with the phase monitor")
+        sft = train_sft(sft_cfg, resume=resume, overwrite=True, quiet=quiet)
+        from npu_retu.commands.sft import print_sft_summary
+
+        if not quiet:
+            print_sft_summary(sft)
+        if sft.picked_checkpoint is None:
+            raise UserError(
+                f"the phase monitor picked no checkpoint in {sft.run_dir} (see phases.json); "
+                "train longer, save more often (sft.save_every) or set monitor.pick=mild"
+            )
+        done = {"picked_checkpoint": str(sft.picked_checkpoint), "picked_step": sft.picked_step, "flops": sft.flops, "steps": sft.steps}
+        _write_json(done_file, done)
+
+    # 2. RL from the picked checkpoint
+    say(f"pipeline: stage 2/2: RL ({cfg.rl.algorithm}) from {done['picked_checkpoint']}")
+    rl_cfg = dataclasses.replace(
+        cfg,
+        run=dataclasses.replace(cfg.run, output_dir=str(root), name="rl"),
+        model=dataclasses.replace(cfg.model, path=done["picked_checkpoint"], tokenizer=None),
+    )
+    rl = train_rl(rl_cfg, resume=resume, overwrite=True, quiet=quiet)
+
+    # 3. report
+    comparison = compare_evaluations(rl.run_dir)
+    report = write_report(root, cfg, done, rl, comparison)
+    say(f"pipeline: report written to {report}")
+    return PipelineResult(
+        run_dir=root,
+        sft_run=root / "sft",
+        picked_checkpoint=Path(done["picked_checkpoint"]),
+        picked_step=int(done["picked_step"]),
+        sft_flops=float(done["flops"]),
+        rl_run=rl.run_dir,
+        rl_flops=rl.flops,
+        comparison=comparison,
+        report=report,
+    )
+
+
+def compare_evaluations(rl_run: Path) -> dict[str, Any]:
+    """The first and last evaluation of an RL run, and their difference paired over problems.
+
+    Each problem's score is its mean over the n samples; the difference's standard error is the std
+    of the per-problem differences over sqrt(#problems), so the n samples and the problem set are
+    shared by both sides of the comparison.
+    """
+    from npu_retu.eval.metrics import paired_difference
+
+    files = sorted((Path(rl_run) / "eval").glob("step-*.json"))
+    if len(files) < 2:
+        return {}
+    first = json.loads(files[0].read_text(encoding="utf-8"))
+    last = json.loads(files[-1].read_text(encoding="utf-8"))
+    diff, stderr = paired_difference(last["scores"], first["scores"])
+    return {
+        "start_step": first["step"],
+        "end_step": last["step"],
+        "start": first,
+        "end": last,
+        "difference": diff,
+        "stderr": stderr,
+        # the difference in standard errors (undefined when every per-problem difference is equal)
+        "z": diff / stderr if stderr > 0 else None,
+    }
+
+
+def write_report(root: Path, cfg: Config, sft_done: dict[str, Any], rl, comparison: dict[str, Any]) -> Path:
+    """``report.md`` with the SFT phase table, the RL evaluation curve and the start-vs-end comparison."""
+    from npu_retu.commands.phases import format_phase_table
+    from npu_retu.monitor.phases import build_report
+
+    lines = [f"# Run report: {cfg.run.name}", ""]
+    phases_file = root / "sft" / "phases.json"
+    lines += ["## SFT with the phase monitor", ""]
+    lines.append(f"SFT compute: {sft_done['flops']:.4g} FLOPs over {sft_done['steps']} steps; picked checkpoint: step {sft_done['picked_step']}.")
+    if phases_file.is_file():
+        saved = json.loads(phases_file.read_text(encoding="utf-8"))
+        report = build_report(
+            saved["steps"], saved["flops"], saved["losses"], saved["has_checkpoint"],
+            delta=saved["delta"], delta2=saved["delta2"], pick=saved["pick_mode"],
+        )
+        lines += ["", "```", format_phase_table(report), "```", "", "![validation loss](sft/phases.png)"]
+    lines += ["", f"## RL ({cfg.rl.algorithm}) from the picked checkpoint", ""]
+    lines.append(f"RL compute: {rl.flops:.4g} FLOPs over {rl.steps} steps (Appendix C, Eq. 22).")
+    if rl.evals:
+        lines += ["", "| RL step | RL FLOPs | score | ± s.e. | n | T | top-p | max tokens | problems |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for e in rl.evals:
+            lines.append(
+                f"| {e['step']} | {e['flops']:.4g} | {100 * e['avg_at_n']:.2f}% | {100 * e['avg_at_n_stderr']:.2f} | {e['n']} | {e['temperature']} "
+                f"| {e['top_p']} | {e['max_new_tokens']} | {e['num_problems']} |"
+            )
+    if comparison:
+        c = comparison
+        s, e = c["start"], c["end"]
+        lines += [
+            "",
+            "### Held-out accuracy: the SFT checkpoint vs the end of RL",
+            "",
+            f"* start (RL step {c['start_step']}, the SFT checkpoint): avg@{s['n']} = {100 * s['avg_at_n']:.2f}% ± {100 * s['avg_at_n_stderr']:.2f}",
+            f"* end (RL step {c['end_step']}): avg@{e['n']} = {100 * e['avg_at_n']:.2f}% ± {100 * e['avg_at_n_stderr']:.2f}",
+            f"* difference (paired over {e['num_problems']} problems): {100 * c['difference']:+.2f} points, "
+            f"standard error {100 * c['stderr']:.2f}, {_z_text(c['z'])} standard errors",
+            f"* sampling: n = {e['n']} per problem, temperature {e['temperature']}, top-p {e['top_p']}, max {e['max_new_tokens']} new tokens",
+        ]
+    try:
+        from npu_retu.report.plots import plot_rl_curve
+
+        plot_rl_curve(rl.evals, root / "rl" / "metrics.jsonl", root / "rl_curve.png", title=f"RL from the SFT pick: {cfg.run.name}")
+        lines += ["", "![RL curve](rl_curve.png)"]
+    except Exception as exc:  # a plot must never lose a finished run
+        lines += ["", f"(could not draw rl_curve.png: {exc})"]
+    path = root / "report.md"
+    tmp = root / "report.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _z_text(z: float | None) -> str:
+    return "n/a" if z is None else f"{z:.1f}"
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    os.replace(tmp, path)

@@ -76,3 +76,41 @@ def test_resuming_a_finished_pipeline_does_not_rerun_sft(pipeline_run):
     assert (result.sft_run / "metrics.jsonl").read_text() == before
     assert again.picked_checkpoint == result.picked_checkpoint
     assert again.comparison["difference"] == pytest.approx(result.comparison["difference"])
+
+
+def test_eval_command_reports_settings_and_matches_its_saved_scores(pipeline_run, tmp_path, capsys):
+    from npu_retu.cli import main
+
+    _, result = pipeline_run
+    out = tmp_path / "eval.json"
+    rc = main([
+        "eval", "--model", str(result.picked_checkpoint), "--data", "embedded:rl-test", "--max-problems", "5",
+        "-n", "2", "--k", "1", "2", "--max-new-tokens", "12", "--workers", "1", "--out", str(out), "--json",
+    ])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads(out.read_text())
+    assert (printed["n"], printed["temperature"], printed["top_p"], printed["max_new_tokens"], printed["num_problems"]) == (2, 0.7, 1.0, 12, 5)
+    assert printed["avg_at_n"] == pytest.approx(sum(map(sum, saved["scores"])) / 10)
+    assert set(printed["pass_at_k"]) == {"1", "2"}
+
+
+def test_eval_command_reads_a_benchmark_in_its_own_format(pipeline_run, capsys):
+    from pathlib import Path
+
+    from npu_retu.cli import main
+
+    _, result = pipeline_run
+    gsm8k = Path(__file__).parent / "fixtures" / "data" / "benchmarks" / "gsm8k.jsonl"
+    rc = main(["eval", "--model", str(result.picked_checkpoint), "--data", str(gsm8k), "--benchmark", "gsm8k",
+               "-n", "1", "--max-new-tokens", "8", "--workers", "1", "--json"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["num_problems"] == 2 and printed["reward_stats"]["gold_unparsable"] == 0
+
+
+def test_eval_command_rejects_k_above_the_samples(capsys):
+    from npu_retu.cli import main
+
+    assert main(["eval", "--model", "embedded:base", "--data", "embedded:rl-test", "-n", "2", "--k", "4"]) == 2
+    assert "--k values must be in 1..2" in capsys.readouterr().err

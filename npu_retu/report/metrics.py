@@ -17,6 +17,16 @@ from typing import Any
 METRICS_FILE = "metrics.jsonl"
 
 
+def write_json_atomic(path: str | Path, payload: Any) -> Path:
+    """Write ``payload`` as indented JSON beside ``path`` and rename it into place (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """All rows of a metrics file (a truncated last line from a crash is ignored)."""
     rows = []

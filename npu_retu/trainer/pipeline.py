@@ -21,6 +21,7 @@ from typing import Any
 
 from npu_retu.config import Config, dump_config
 from npu_retu.errors import UserError
+from npu_retu.report.metrics import write_json_atomic
 
 
 @dataclass
@@ -63,7 +64,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False, overwrite: bool = False, 
                 "train longer, save more often (sft.save_every) or set monitor.pick=mild"
             )
         done = {"picked_checkpoint": str(sft.picked_checkpoint), "picked_step": sft.picked_step, "flops": sft.flops, "steps": sft.steps}
-        _write_json(done_file, done)
+        write_json_atomic(done_file, done)
 
     # 2. RL from the picked checkpoint
     say(f"pipeline: stage 2/2: RL ({cfg.rl.algorithm}) from {done['picked_checkpoint']}")
@@ -173,9 +174,3 @@ def write_report(root: Path, cfg: Config, sft_done: dict[str, Any], rl, comparis
 def _z_text(z: float | None) -> str:
     return "n/a" if z is None else f"{z:.1f}"
 
-
-def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    os.replace(tmp, path)

@@ -18,9 +18,6 @@ schedule, prompt order and RNG are restored, and every rollout draws from a gene
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -48,10 +45,6 @@ class Group:
     prompt_ids: list[int]
     trajectories: list[Any]  # npu_retu.rollout.Trajectory
     rewards: list[float]
-
-    @property
-    def scores(self) -> list[float]:
-        return self.rewards
 
 
 class PromptSampler:
@@ -99,7 +92,6 @@ def train_rl(
     resume: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
-    run_dir: Path | None = None,
     reward: Any = None,
     save_checkpoints: bool = True,
 ) -> RLResult:
@@ -108,8 +100,6 @@ def train_rl(
     ``reward`` replaces the configured reward (``rl.reward``) with any object that has
     ``score(list of (response, ground truths)) -> list[float]``, ``stats()`` and ``close()``.
     """
-    import torch
-
     from npu_retu.algos import fill_batch
     from npu_retu.data.errors import BadRowCounter
     from npu_retu.device import get_backend, set_backend
@@ -117,7 +107,7 @@ def train_rl(
     from npu_retu.eval.runner import evaluate
     from npu_retu.flops import ModelShape
     from npu_retu.modeling import load_model, load_tokenizer
-    from npu_retu.report.metrics import MetricsLogger
+    from npu_retu.report.metrics import MetricsLogger, write_json_atomic
     from npu_retu.reward import make_reward
     from npu_retu.rollout import SamplingParams, TransformersRollout
     from npu_retu.trainer import checkpoint as ckpt
@@ -128,11 +118,7 @@ def train_rl(
     if cfg.run.device != "auto":
         set_backend(cfg.run.device)
     backend = get_backend()
-    if run_dir is None:
-        run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
-    else:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     dump_config(cfg, run_dir / "config.yaml")
     backend.manual_seed(cfg.run.seed)
 
@@ -168,15 +154,12 @@ def train_rl(
         say(f"rl: resumed from {resume_from} (step {step})")
     logger = MetricsLogger(run_dir, resume_step=step if resume_from is not None else None)
     say(
-        f"rl: {algo_name(cfg)} on {len(examples)} prompts, {rl.max_steps} steps of {rl.train_batch_prompts} prompts x "
+        f"rl: {rl.algorithm} on {len(examples)} prompts, {rl.max_steps} steps of {rl.train_batch_prompts} prompts x "
         f"{algo.n} samples, evaluation on {len(test_examples)} problems every {rl.eval_every} steps, device {backend.name}"
     )
 
     if reward is None:
         reward = make_reward(rl.reward.name, num_workers=rl.reward.num_workers, timeout_s=rl.reward.timeout_s)
-
-    def score(items: list[tuple[str, list[str]]]) -> list[float]:
-        return reward.score(items)
 
     def run_eval(at_step: int) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -185,7 +168,7 @@ def train_rl(
             rollout,
             tokenizer,
             test_examples,
-            score,
+            reward.score,
             n=e.n,
             temperature=e.temperature,
             top_p=e.top_p,
@@ -194,7 +177,6 @@ def train_rl(
             ks=tuple(e.ks),
         )
         point = {"step": at_step, "flops": flops, **result.to_dict(), "summary": result.summary(), "seconds": time.perf_counter() - t0}
-        (run_dir / "eval").mkdir(exist_ok=True)
         write_json_atomic(run_dir / "eval" / f"step-{at_step:06d}.json", point)
         summary = {k: v for k, v in point.items() if k != "scores"}
         logger.log(at_step, flops, {f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("step", "flops")})
@@ -226,7 +208,7 @@ def train_rl(
                 trajectories = rollout.generate([prompts[i] for i in indices], params)
                 timings["rollout"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                rewards = score([(t.text, examples[indices[t.prompt_index]].ground_truth) for t in trajectories])
+                rewards = reward.score([(t.text, examples[indices[t.prompt_index]].ground_truth) for t in trajectories])
                 timings["reward"] += time.perf_counter() - t0
                 groups = [
                     Group(
@@ -387,7 +369,7 @@ def policy_update(
                     old[row, start - 1 : end - 1] = old_logps[i].to(device)
                     if ref is not None:
                         ref[row, start - 1 : end - 1] = ref_logps[i].to(device)
-                adv = torch.tensor([advantages[i] for i in micro], dtype=torch.float32, device=device).unsqueeze(1).expand(-1, width)
+                adv = torch.tensor([advantages[i] for i in micro], dtype=torch.float32, device=device)  # one per sequence
                 loss, metrics = clipped_policy_loss(
                     logp_all,
                     old,
@@ -520,12 +502,3 @@ def rollout_metrics(generated: list[Group], kept: list[Group]) -> dict[str, floa
         out["train/reward_mean"] = sum(kept_rewards) / len(kept_rewards)
     return out
 
-
-def algo_name(cfg: Config) -> str:
-    return cfg.rl.algorithm
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    os.replace(tmp, path)

@@ -88,8 +88,6 @@ def total_steps(cfg: Config, n_train: int) -> int:
 
 def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False, _crash_hook=None) -> SFTResult:
     """Run SFT as configured; returns where the run went and what the monitor picked."""
-    import torch
-
     from npu_retu.data.batching import SFTBatcher, pad_batch
     from npu_retu.data.errors import BadRowCounter
     from npu_retu.device import get_backend, set_backend
@@ -233,9 +231,8 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
 
 def finish_sft(cfg: Config, run_dir: Path, monitor, step: int, flops: float, skipped: int, say) -> SFTResult:
     """Label the validation curve offline, pick the checkpoint, write phases.json / .png."""
-    import json
 
-    from npu_retu.report.metrics import read_metrics
+    from npu_retu.report.metrics import read_metrics, write_json_atomic
     from npu_retu.trainer import checkpoint as ckpt
 
     result = SFTResult(run_dir=run_dir, steps=step, flops=flops, picked_step=None, picked_checkpoint=None, skipped_rows=skipped)
@@ -252,9 +249,7 @@ def finish_sft(cfg: Config, run_dir: Path, monitor, step: int, flops: float, ski
     payload = report.to_dict()
     payload["first_online_decision"] = _decision_dict(monitor.first_decision)
     payload["picked_checkpoint"] = str(result.picked_checkpoint) if result.picked_checkpoint else None
-    tmp = run_dir / "phases.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    os.replace(tmp, run_dir / "phases.json")
+    write_json_atomic(run_dir / "phases.json", payload)
     try:
         from npu_retu.report.plots import plot_phases
 

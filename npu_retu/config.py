@@ -224,6 +224,9 @@ class RLConfig:
     optim: OptimConfig = field(default_factory=_rl_optim)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    # log-probs and the policy loss: "auto" = the fused kernels the device layer picks (reference on
+    # CPU, triton on CUDA, ascend on NPU), or name one; "unfused" = full logits from the model's forward
+    kernels: Literal["auto", "unfused", "reference", "triton", "ascend"] = "auto"
 
     def validate(self) -> None:
         _check(len(self.train_files) > 0, "rl.train_files", "at least one file", self.train_files)

@@ -12,22 +12,29 @@ import pytest
 # real base as `base-60steps`): they check mechanics (resume, checkpoints), not model quality.
 os.environ.setdefault("NPU_RETU_BASE_STEPS", "60")
 
+
+def _backend_reason(name: str) -> str | None:
+    from npu_retu.device import detect_backend
+
+    try:
+        detect_backend(prefer=name)
+        return None
+    except Exception as e:  # BackendUnavailable: say why in the skip reason
+        return str(e)
+
+
+# Without a GPU the Triton kernels run on Triton's CPU interpreter. The switch is read when a kernel
+# is defined, so it is set here, before any test imports npu_retu.kernels.triton_*.
+if _backend_reason("cuda") is not None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 # The real benchmark files live in ../shared beside a developer's checkout; a user's clone lacks it.
 BENCHMARKS = REPO.parent / "shared" / "data" / "benchmarks"
 
 
 def pytest_collection_modifyitems(config, items):
-    from npu_retu.device import detect_backend
-
-    available = {}
-    for kind in ("gpu", "npu"):
-        name = "cuda" if kind == "gpu" else "npu"
-        try:
-            detect_backend(prefer=name)
-            available[kind] = None
-        except Exception as e:  # BackendUnavailable: say why in the skip reason
-            available[kind] = str(e)
+    available = {"gpu": _backend_reason("cuda"), "npu": _backend_reason("npu")}
     for item in items:
         for kind, reason in available.items():
             if reason is not None and kind in item.keywords:

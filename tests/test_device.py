@@ -467,11 +467,35 @@ def test_doctor_json_reports_the_backend_and_the_matmul_error(monkeypatch):
     assert report["device"]["backend"] == "cpu" and report["device"]["dist_backend"] == "gloo"
     assert report["versions"]["torch"] == torch.__version__
     assert set(report["versions"]) >= {"python", "torch", "transformers"}
-    fp32, bf16 = report["checks"]
+    fp32, bf16 = report["checks"][:2]
     # float32 over 64-term dots of U(-1, 1) entries: rounding stays far below 1e-4; bf16 (8-bit
     # mantissa) must show its rounding, i.e. the device really computed in bf16
     assert fp32["name"] == "matmul 64x64 float32" and fp32["max_abs_err"] < 1e-4
     assert bf16["name"] == "matmul 64x64 bfloat16" and 1e-3 < bf16["max_abs_err"] < 0.1
+    # then the fused kernels (reference on CPU) against float64: 9 checks per dtype, all passing
+    kernels = report["checks"][2:]
+    assert len(kernels) == 18 and all(c["ok"] for c in kernels)
+    by_name = {c["name"]: c for c in kernels}
+    assert by_name["logprobs reference float32"]["max_abs_err"] < 1e-4
+    assert by_name["linear policy loss d/dW (rel.) reference bfloat16"]["max_abs_err"] < 3e-2
+
+
+def test_doctor_reports_a_kernel_that_breaks(monkeypatch):
+    from npu_retu.kernels import reference
+
+    real = reference.chunk_stats
+
+    def off_by_a_bit(*args, **kwargs):
+        logp, lse, entropy = real(*args, **kwargs)
+        return logp + 1e-3, lse, entropy
+
+    monkeypatch.setattr(reference, "chunk_stats", off_by_a_bit)
+    code, text = _doctor(monkeypatch)
+    report = json.loads(text)
+    failed = sorted(c["name"] for c in report["checks"] if not c["ok"])
+    # the shifted log-probs fail fp32's 1e-4, and the fused loss built on them; bf16 allows 5e-2
+    assert code == 1 and "logprobs reference float32" in failed
+    assert failed and all(name.endswith("float32") for name in failed)
 
 
 def test_doctor_fails_a_check_over_its_tolerance(monkeypatch):

@@ -52,3 +52,23 @@ def logprobs_from_logits(
             log_p_all = scaled - log_norm.unsqueeze(-1)
             entropy = -(log_p_all.exp() * log_p_all).sum(-1)
     return logp, entropy
+
+
+def hidden_states_and_head(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """The last hidden states ``[B, S, H]`` (after the final norm) and the LM-head weight ``[V, H]`` of
+    a Hugging Face causal LM, for the fused log-prob kernels: ``logits = hidden @ weight.T``.
+
+    A model whose logits are not that product (a head with a bias, logit scaling or soft-capping)
+    is refused with a message that says so; ``rl.kernels=unfused`` runs it through its own forward.
+    """
+    head = model.get_output_embeddings()
+    config = getattr(model, "config", None)
+    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
+        raise ValueError(f"{type(model).__name__} has no LM-head weight for the fused log-prob kernels; set rl.kernels=unfused")
+    changes = [name for name in ("final_logit_softcapping", "logit_scale", "logits_scaling") if getattr(config, name, None) not in (None, 1, 1.0)]
+    if getattr(head, "bias", None) is not None:
+        changes.append("a bias on the LM head")
+    if changes:
+        raise ValueError(f"{type(model).__name__}'s logits are not hidden @ weight.T ({', '.join(changes)}); set rl.kernels=unfused")
+    out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.last_hidden_state, head.weight

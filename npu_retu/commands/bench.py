@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-HELP = "Benchmarks that print and save figures: `bench sft`, `bench rl` (step time split, tokens/s), `bench reward` (verifications/s)."
+HELP = ("Benchmarks that print and save figures: `bench sft`, `bench rl` (step time split, tokens/s), "
+        "`bench reward` (verifications/s), `bench kernels` (fused log-probs vs PyTorch / torch.compile / Liger).")
 
 
 def add_arguments(parser) -> None:
@@ -30,6 +31,20 @@ def add_arguments(parser) -> None:
     reward.add_argument("--workers", type=int, default=None, help="pool size to measure besides 1 (default: the CPU count)")
     reward.add_argument("--timeout", type=float, default=5.0, help="per-item timeout of the pool (seconds)")
     reward.add_argument("--out", default="runs/bench/reward.json", help="where to save the JSON figures")
+    kernels = sub.add_parser(
+        "kernels", help="fused log-prob kernels vs plain PyTorch, torch.compile and Liger: time, TFLOP/s, memory, error",
+        description=("Time the log-prob path (forward, and forward+backward) of every implementation available on this "
+                     "device at LM-head shapes, with peak memory above the inputs and the error vs float64; save a CSV. "
+                     "Defaults: (H, V) in (896, 151936), (3584, 152064), (4096, 128256) and T in 2k..16k in bf16 on an "
+                     "accelerator; H=256, V=32000, T in 1k..8k in fp32 on CPU."),
+    )
+    kernels.add_argument("--shapes", default=None, metavar="H:V,...", help="LM-head shapes, e.g. 896:151936,3584:152064")
+    kernels.add_argument("--tokens", default=None, metavar="T,...", help="token counts, e.g. 2048,4096")
+    kernels.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="input dtype (default: bf16 on accelerators, fp32 on CPU)")
+    kernels.add_argument("--impls", default=None, metavar="NAME,...",
+                         help="subset of fused-reference, fused-triton, fused-ascend, plain, plain-compiled, liger")
+    kernels.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default: 10 on accelerators, 3 on CPU)")
+    kernels.add_argument("--out", default="runs/bench/kernels.csv", help="where to save the CSV")
 
 
 def run(args) -> int:
@@ -45,4 +60,20 @@ def run(args) -> int:
         from npu_retu.reward.bench import run_reward_bench
 
         run_reward_bench(num_items=args.items, num_workers=args.workers, timeout_s=args.timeout, out_json=args.out)
+    elif args.bench == "kernels":
+        from npu_retu.errors import UserError
+        from npu_retu.kernels.bench import run_kernel_bench
+
+        try:
+            shapes = [tuple(int(x) for x in item.split(":")) for item in args.shapes.split(",")] if args.shapes else None
+            tokens = [int(x) for x in args.tokens.split(",")] if args.tokens else None
+        except ValueError:
+            raise UserError(f"--shapes takes H:V pairs and --tokens integers, got {args.shapes!r} and {args.tokens!r}") from None
+        if shapes and any(len(s) != 2 for s in shapes):
+            raise UserError(f"--shapes takes H:V pairs separated by commas, got {args.shapes!r}")
+        impls = args.impls.split(",") if args.impls else None
+        try:
+            run_kernel_bench(shapes, tokens, args.dtype, impls, args.repeats, out_csv=args.out)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     return 0

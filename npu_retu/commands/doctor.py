@@ -54,8 +54,31 @@ def _run_checks(backend: Any) -> list[dict[str, Any]]:
     checks = [_matmul_check(backend, "float32")]
     if backend.supports_bf16():
         checks.append(_matmul_check(backend, "bfloat16"))
-    # Kernel parity (fused kernels vs npu_retu.kernels.reference on this device) is appended here
-    # by the kernels issue, one entry per op and dtype, in the same {name, max_abs_err, ...} form.
+    checks += _kernel_checks(backend)
+    return checks
+
+
+def _kernel_checks(backend: Any) -> list[dict[str, Any]]:
+    """The fused kernels on this device vs CPU float64: the device's own implementation, and the
+    PyTorch reference beside it; an implementation that cannot load is a failed check saying why."""
+    from npu_retu.kernels import implementation_status
+    from npu_retu.kernels.parity import kernel_parity_checks
+
+    status = implementation_status()
+    dtypes = ["float32"] + (["bfloat16"] if backend.supports_bf16() else [])
+    checks = []
+    for impl in dict.fromkeys([backend.kernel_impl, "reference"]):
+        reason = status.get(impl)
+        if reason is not None and impl != "ascend":  # ascend falls back to the reference tiles itself
+            checks.append({"name": f"kernels {impl}", "device": str(backend.device()), "max_abs_err": float("nan"),
+                           "tolerance": 0.0, "ok": False, "error": reason})
+            continue
+        for dtype in dtypes:
+            try:
+                checks += kernel_parity_checks(backend.device(), impl, dtype)
+            except Exception as e:  # report, do not crash the doctor
+                checks.append({"name": f"kernels {impl} {dtype}", "device": str(backend.device()),
+                               "max_abs_err": float("nan"), "tolerance": 0.0, "ok": False, "error": f"{type(e).__name__}: {e}"})
     return checks
 
 
@@ -105,8 +128,11 @@ def _format(report: dict[str, Any]) -> str:
     lines.append("checks")
     for check in report["checks"]:
         verdict = "ok" if check["ok"] else "FAILED"
+        if "error" in check:
+            lines.append(f"  {check['name']:<44} on {check['device']}: {check['error']}  {verdict}")
+            continue
         lines.append(
-            f"  {check['name']:<24} on {check['device']}: max |err| vs CPU float64 = {check['max_abs_err']:.2e}"
+            f"  {check['name']:<44} on {check['device']}: max |err| vs CPU float64 = {check['max_abs_err']:.2e}"
             f" (tolerance {check['tolerance']:.0e})  {verdict}"
         )
     return "\n".join(lines)

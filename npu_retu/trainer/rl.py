@@ -297,8 +297,7 @@ def policy_update(
     """
     import torch
 
-    from npu_retu.algos import ADVANTAGE_ESTIMATORS, agg_loss, clipped_policy_loss, kl_penalty
-    from npu_retu.algos.logprobs import response_logprobs
+    from npu_retu.algos import ADVANTAGE_ESTIMATORS
 
     rl, algo = cfg.rl, cfg.rl.algo
     temperature = rl.rollout.temperature
@@ -321,15 +320,9 @@ def policy_update(
     with torch.no_grad():
         for chunk in _chunks(list(range(len(sequences))), rl.micro_batch_size):
             batch = make_rl_batch([sequences[i] for i in chunk], pad_id, device)
-            logp, _ = response_logprobs(engine.model, batch["input_ids"], batch["attention_mask"], temperature=temperature)
-            ref = None
+            old_logps += sequence_logprobs(engine.model, batch, temperature, rl.kernels)
             if reference_model is not None:
-                ref, _ = response_logprobs(reference_model, batch["input_ids"], batch["attention_mask"], temperature=temperature)
-            for row, i in enumerate(chunk):
-                start, end = batch["response_spans"][row]
-                old_logps.append(logp[row, start - 1 : end - 1].detach().cpu())
-                if ref is not None:
-                    ref_logps.append(ref[row, start - 1 : end - 1].cpu())
+                ref_logps += sequence_logprobs(reference_model, batch, temperature, rl.kernels)
     timings["logprobs"] += time.perf_counter() - t0
     drift = [
         (old - torch.tensor(roll, dtype=torch.float32)).abs().mean().item()
@@ -355,11 +348,7 @@ def policy_update(
             global_tokens = sum(len(sequences[i][1]) for i in mini)
             for micro in _chunks(mini, rl.micro_batch_size):
                 batch = make_rl_batch([sequences[i] for i in micro], pad_id, device)
-                logp_all, entropy_all = response_logprobs(
-                    engine.model, batch["input_ids"], batch["attention_mask"], temperature=temperature,
-                    with_entropy=True, entropy_grad=algo.entropy_coef > 0,
-                )
-                width = logp_all.shape[1]
+                width = batch["input_ids"].shape[1] - 1
                 mask = torch.zeros((len(micro), width), dtype=torch.float32, device=device)
                 old = torch.zeros((len(micro), width), dtype=torch.float32, device=device)
                 ref = torch.zeros((len(micro), width), dtype=torch.float32, device=device) if ref_logps else None
@@ -370,33 +359,10 @@ def policy_update(
                     if ref is not None:
                         ref[row, start - 1 : end - 1] = ref_logps[i].to(device)
                 adv = torch.tensor([advantages[i] for i in micro], dtype=torch.float32, device=device)  # one per sequence
-                loss, metrics = clipped_policy_loss(
-                    logp_all,
-                    old,
-                    adv,
-                    mask,
-                    clip_low=algo.clip_low,
-                    clip_high=algo.clip_high,
-                    dual_clip=algo.dual_clip,
-                    log_ratio_clamp=algo.log_ratio_clamp,
-                    agg=algo.loss_agg,
-                    global_token_count=global_tokens,
-                    global_seq_count=len(mini),
-                )
-                metrics = dict(metrics)
-                n_tokens = int(metrics.pop("tokens", int(mask.sum())))
                 counts_kw = {"global_token_count": global_tokens, "global_seq_count": len(mini)}
-                metrics["pg_loss"] = float(loss.detach())
-                if ref is not None:  # beta * KL(pi || pi_ref), Eq. 3's penalty, with the chosen estimator
-                    kl = agg_loss(kl_penalty(logp_all, ref, kind=algo.kl_kind), mask, algo.loss_agg, **counts_kw)
-                    loss = loss + algo.kl_coef * kl
-                    metrics["kl_ref"] = float(kl.detach())
-                if algo.entropy_coef > 0:  # an entropy bonus lowers the loss
-                    entropy_term = agg_loss(entropy_all, mask, algo.loss_agg, **counts_kw)
-                    loss = loss - algo.entropy_coef * entropy_term
+                loss, metrics = micro_batch_loss(engine.model, batch, mask, old, adv, ref, cfg, counts_kw)
                 loss.backward()
-                metrics["entropy"] = float((entropy_all.detach() * mask).sum() / max(1, n_tokens))
-                add(metrics, weight=n_tokens)
+                add(metrics, weight=int(metrics.pop("tokens")))
             add(engine.step())
     timings["update"] += time.perf_counter() - t0
 
@@ -405,6 +371,85 @@ def policy_update(
     out["actor/logprob_drift"] = sum(drift) / max(1, len(drift))  # mean |logp_trainer - logp_rollout|
     out["actor/advantage_abs_mean"] = sum(abs(a) for a in advantages) / max(1, len(advantages))
     return out, lengths
+
+
+def sequence_logprobs(model, batch: dict[str, Any], temperature: float, kernels: str) -> list:
+    """Each row's response-token log-probs at ``temperature`` (no grad), as a list of 1-D CPU tensors.
+
+    On the fused path only the response positions reach the LM head, and no ``[B, S, V]`` logits
+    are built; ``unfused`` takes them from the model's full forward.
+    """
+    import torch
+
+    from npu_retu.algos.logprobs import hidden_states_and_head, response_logprobs
+    from npu_retu.kernels import fused_linear_logprobs
+
+    spans = batch["response_spans"]
+    if kernels == "unfused":
+        logp, _ = response_logprobs(model, batch["input_ids"], batch["attention_mask"], temperature=temperature)
+        return [logp[row, start - 1 : end - 1].cpu() for row, (start, end) in enumerate(spans)]
+    hidden, head = hidden_states_and_head(model, batch["input_ids"], batch["attention_mask"])
+    width = batch["input_ids"].shape[1] - 1
+    mask = torch.zeros((len(spans), width), dtype=torch.bool, device=hidden.device)
+    for row, (start, end) in enumerate(spans):
+        mask[row, start - 1 : end - 1] = True
+    logp = fused_linear_logprobs(
+        hidden[:, :-1][mask], head, batch["input_ids"][:, 1:][mask], temperature=temperature,
+        impl=None if kernels == "auto" else kernels,
+    )[0]
+    return list(logp.cpu().split([end - start for start, end in spans]))
+
+
+def micro_batch_loss(model, batch, mask, old, adv, ref, cfg: Config, counts_kw: dict[str, Any]):
+    """One micro-batch's loss (clipped policy loss, + beta KL, - entropy bonus) and its metrics.
+
+    With no KL and no entropy bonus (GRPO / DAPO as the paper ran them) the fused path goes from the
+    hidden states to the loss in one kernel call (``fused_linear_policy_loss``); otherwise it takes
+    differentiable fused log-probs and entropy, then the fused loss; ``unfused`` is the plain path.
+    """
+    import torch
+
+    from npu_retu.algos import agg_loss, clipped_policy_loss, kl_penalty
+    from npu_retu.algos.logprobs import hidden_states_and_head, response_logprobs
+    from npu_retu import kernels
+
+    rl, algo = cfg.rl, cfg.rl.algo
+    temperature = rl.rollout.temperature
+    impl = None if rl.kernels == "auto" else rl.kernels
+    clip = {"eps_low": algo.clip_low, "eps_high": algo.clip_high, "clip_ratio_c": algo.dual_clip,
+            "log_ratio_clamp": algo.log_ratio_clamp, "agg": algo.loss_agg, **counts_kw}
+    ids, attention = batch["input_ids"], batch["attention_mask"]
+    if rl.kernels != "unfused" and ref is None and algo.entropy_coef == 0:
+        hidden, head = hidden_states_and_head(model, ids, attention)
+        loss, metrics = kernels.fused_linear_policy_loss(
+            hidden[:, :-1], head, ids[:, 1:], old, adv, mask, temperature=temperature, return_entropy=True, impl=impl, **clip
+        )
+        return loss, {**metrics, "pg_loss": float(loss.detach())}
+    if rl.kernels == "unfused":
+        logp, entropy = response_logprobs(
+            model, ids, attention, temperature=temperature, with_entropy=True, entropy_grad=algo.entropy_coef > 0
+        )
+        loss, metrics = clipped_policy_loss(
+            logp, old, adv, mask, clip_low=clip["eps_low"], clip_high=clip["eps_high"], dual_clip=clip["clip_ratio_c"],
+            log_ratio_clamp=clip["log_ratio_clamp"], agg=clip["agg"], **counts_kw,
+        )
+    else:
+        hidden, head = hidden_states_and_head(model, ids, attention)
+        logp, entropy = kernels.fused_linear_logprobs(
+            hidden[:, :-1], head, ids[:, 1:], temperature=temperature, return_entropy=True, impl=impl
+        )
+        if algo.entropy_coef == 0:
+            entropy = entropy.detach()
+        loss, metrics = kernels.clipped_policy_loss(logp, old, adv, mask, impl=impl, **clip)
+    metrics = {**metrics, "pg_loss": float(loss.detach())}
+    if ref is not None:  # beta * KL(pi || pi_ref), Eq. 3's penalty, with the chosen estimator
+        kl = agg_loss(kl_penalty(logp, ref, kind=algo.kl_kind), mask, algo.loss_agg, **counts_kw)
+        loss = loss + algo.kl_coef * kl
+        metrics["kl_ref"] = float(kl.detach())
+    if algo.entropy_coef > 0:  # an entropy bonus lowers the loss
+        loss = loss - algo.entropy_coef * agg_loss(entropy, mask, algo.loss_agg, **counts_kw)
+    metrics["entropy"] = float((entropy.detach() * mask).sum() / max(1.0, float(mask.sum())))
+    return loss, metrics
 
 
 def rl_step_flops(shape, generated_lengths: list[int], trained_lengths: list[int], ppo_epochs: int = 1) -> float:

@@ -1,0 +1,220 @@
+"""The fused ops, written once over a *tile implementation* (``reference.TorchTiles``,
+``triton_logprobs.TritonTiles``, ``ascend.AscendTiles``).
+
+An implementation supplies the per-chunk work (a chunk's log-probs, ``lse`` and entropy; the
+backward of a chunk; the clipped policy loss of a run of tokens); this module does the chunking
+over tokens and the autograd plumbing, so every backend has the same semantics:
+
+* :func:`linear_logprobs`: ``log softmax(h W^T / T)[y]`` and the entropy, differentiable; the
+  backward recomputes the tiles from the saved hidden states and per-token ``lse``.
+* :func:`policy_loss`: the clipped policy loss of ``npu_retu.algos.clipped_policy_loss`` with its
+  gradient computed in the forward pass.
+* :func:`linear_policy_loss`: both together from hidden states: each token chunk's log-probs, their
+  loss gradient, and the chunk's ``dh`` / ``dW``, in one forward; backward only scales them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from npu_retu.kernels.reference import check_linear_inputs, metrics_from_sums, prepare_loss_inputs
+
+
+class _NoGraph:
+    """Stands in for autograd's ctx when the forward runs without a graph (old / reference log-probs)."""
+
+    def save_for_backward(self, *tensors) -> None:
+        pass
+
+    def set_materialize_grads(self, value: bool) -> None:
+        pass
+
+    def mark_non_differentiable(self, *tensors) -> None:
+        pass
+
+
+class _LinearLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, tiles, temperature, with_entropy):
+        n = hidden.shape[0]
+        logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(logp)
+        entropy = torch.empty_like(logp)
+        for t0 in range(0, n, tiles.token_chunk):
+            t1 = min(t0 + tiles.token_chunk, n)
+            logp[t0:t1], lse[t0:t1], entropy[t0:t1] = tiles.stats(hidden[t0:t1], weight, targets[t0:t1], temperature, with_entropy)
+        ctx.save_for_backward(hidden, weight, targets, lse, entropy)
+        ctx.tiles, ctx.temperature = tiles, temperature
+        ctx.set_materialize_grads(False)
+        if not with_entropy:
+            ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy):
+        hidden, weight, targets, lse, entropy = ctx.saved_tensors
+        tiles, temperature = ctx.tiles, ctx.temperature
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if grad_logp is None:
+            grad_logp = torch.zeros_like(lse)
+        grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
+        grad_weight = torch.zeros(weight.shape, dtype=tiles.grad_weight_dtype(weight), device=weight.device) if need_w else None
+        for t0 in range(0, hidden.shape[0], tiles.token_chunk):
+            t1 = min(t0 + tiles.token_chunk, hidden.shape[0])
+            gh = tiles.grads(
+                hidden[t0:t1], weight, targets[t0:t1], temperature, lse[t0:t1], entropy[t0:t1],
+                grad_logp[t0:t1].float().contiguous(),
+                None if grad_entropy is None else grad_entropy[t0:t1].float().contiguous(),
+                grad_weight, need_h,
+            )
+            if need_h:
+                grad_hidden[t0:t1] = gh
+        return (
+            grad_hidden.to(hidden.dtype) if need_h else None,
+            grad_weight.to(weight.dtype) if need_w else None,
+            None, None, None, None,
+        )
+
+
+def linear_logprobs(
+    tiles, hidden: Tensor, weight: Tensor, targets: Tensor, *, temperature: float = 1.0, return_entropy: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """Per-token ``log softmax(h W^T / T)[targets]`` in fp32 (shape of ``targets``) and optionally
+    the entropy of each distribution, never building the ``[T, V]`` logits. Differentiable in
+    ``hidden`` and ``weight``; under ``torch.no_grad()`` (or with neither requiring grad) nothing
+    is saved for a backward pass."""
+    check_linear_inputs(hidden, weight, targets, temperature)
+    lead = targets.shape
+    h = hidden.reshape(-1, hidden.shape[-1]).contiguous()
+    y = targets.reshape(-1).long().contiguous()
+    w = weight.contiguous()
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        logp, entropy = _LinearLogprobs.apply(h, w, y, tiles, float(temperature), return_entropy)
+    else:
+        logp, entropy = _LinearLogprobs.forward(_NoGraph(), h, w, y, tiles, float(temperature), return_entropy)
+    return logp.view(lead), entropy.view(lead) if return_entropy else None
+
+
+class _AttachGrads(torch.autograd.Function):
+    """A scalar whose gradients w.r.t. ``inputs`` were computed along with it; backward scales them."""
+
+    @staticmethod
+    def forward(ctx, value, count, *inputs_then_grads):
+        inputs, grads = inputs_then_grads[:count], inputs_then_grads[count:]
+        ctx.has_grad = [g is not None for g in grads]
+        ctx.dtypes = [x.dtype for x in inputs]
+        ctx.save_for_backward(*[g for g in grads if g is not None])
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = iter(ctx.saved_tensors)
+        grads = [(next(saved) * grad_out).to(dtype) if has else None for has, dtype in zip(ctx.has_grad, ctx.dtypes)]
+        return (None, None, *grads, *([None] * len(grads)))
+
+
+def attach_grads(value: Tensor, inputs: list[Tensor], grads: list[Tensor | None]) -> Tensor:
+    """``value`` as a graph node whose gradient w.r.t. ``inputs[i]`` is ``grads[i]`` times the incoming one."""
+    return _AttachGrads.apply(value, len(inputs), *inputs, *grads)
+
+
+def policy_loss(
+    tiles,
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    clip_ratio_c: float | None = 10.0,
+    agg: str = "token-mean",
+    global_token_count: int | float | Tensor | None = None,
+    global_seq_count: int | float | Tensor | None = None,
+    log_ratio_clamp: float = 20.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """The clipped policy loss (Eq. 3 with DAPO's clip-higher and dual-clip) and its metrics, forward
+    and backward in one pass over the tokens. Same arguments and results as
+    ``npu_retu.algos.clipped_policy_loss`` (``eps_low`` / ``eps_high`` / ``clip_ratio_c`` are its
+    ``clip_low`` / ``clip_high`` / ``dual_clip``)."""
+    old, adv, weights = prepare_loss_inputs(
+        logprobs, old_logprobs, advantages, mask, agg, global_token_count, global_seq_count, eps_low, eps_high, clip_ratio_c
+    )
+    with torch.no_grad():
+        grad, sums = tiles.loss_terms(
+            logprobs.detach().reshape(-1).float().contiguous(), old.reshape(-1).contiguous(), adv.reshape(-1).contiguous(),
+            weights.reshape(-1).contiguous(), mask.reshape(-1).bool().contiguous(),
+            eps_low=eps_low, eps_high=eps_high, clip_ratio_c=clip_ratio_c, log_ratio_clamp=log_ratio_clamp,
+        )
+    loss = attach_grads(sums[0].float(), [logprobs], [grad.view(logprobs.shape)])
+    return loss, metrics_from_sums(sums)
+
+
+def linear_policy_loss(
+    tiles,
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    temperature: float = 1.0,
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    clip_ratio_c: float | None = 10.0,
+    agg: str = "token-mean",
+    global_token_count: int | float | Tensor | None = None,
+    global_seq_count: int | float | Tensor | None = None,
+    log_ratio_clamp: float = 20.0,
+    return_entropy: bool = False,
+) -> tuple[Tensor, dict[str, float]]:
+    """The clipped policy loss straight from hidden states ``[B, T, H]`` and the LM head ``[V, H]``.
+
+    Only the tokens inside ``mask`` are computed. For each token chunk: the log-probs (online
+    log-sum-exp over vocab tiles), the loss gradient of each log-prob, and that chunk's share of
+    ``dh`` and ``dW``, so the forward pass leaves the finished gradients and the backward pass only
+    scales them. The metrics are those of :func:`policy_loss`, plus ``entropy`` (mean over the
+    tokens, no gradient) when ``return_entropy``.
+    """
+    check_linear_inputs(hidden, weight, targets, temperature)
+    old, adv, weights = prepare_loss_inputs(
+        targets, old_logprobs, advantages, mask, agg, global_token_count, global_seq_count, eps_low, eps_high, clip_ratio_c
+    )
+    selected = mask.reshape(-1).bool()
+    h = hidden.reshape(-1, hidden.shape[-1])[selected]  # indexing keeps the graph back to `hidden`
+    y = targets.reshape(-1)[selected].long().contiguous()
+    old, adv, weights = (x.reshape(-1)[selected].contiguous() for x in (old, adv, weights))
+    ones = torch.ones_like(y, dtype=torch.bool)
+    need_h = torch.is_grad_enabled() and h.requires_grad
+    need_w = torch.is_grad_enabled() and weight.requires_grad
+    settings = dict(eps_low=eps_low, eps_high=eps_high, clip_ratio_c=clip_ratio_c, log_ratio_clamp=log_ratio_clamp)
+    with torch.no_grad():
+        hc, wc = h.detach().contiguous(), weight.detach().contiguous()
+        grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=tiles.grad_weight_dtype(weight), device=weight.device) if need_w else None
+        sums = torch.zeros(7, dtype=torch.float64, device=h.device)
+        entropy_sum = torch.zeros((), dtype=torch.float64, device=h.device)
+        for t0 in range(0, h.shape[0], tiles.token_chunk):
+            t1 = min(t0 + tiles.token_chunk, h.shape[0])
+            chunk_sums = []
+
+            def grad_of_logp(logp: Tensor, t0: int = t0, t1: int = t1) -> Tensor:
+                grad, s = tiles.loss_terms(logp, old[t0:t1], adv[t0:t1], weights[t0:t1], ones[t0:t1], **settings)
+                chunk_sums.append(s)
+                return grad
+
+            _, entropy, gh = tiles.stats_then_grads(
+                hc[t0:t1], wc, y[t0:t1], float(temperature), return_entropy, grad_of_logp, grad_w, need_h
+            )
+            sums += chunk_sums[0]
+            if return_entropy:
+                entropy_sum += entropy.double().sum()
+            if need_h:
+                grad_h[t0:t1] = gh
+    loss = attach_grads(sums[0].float(), [h, weight], [grad_h, grad_w])
+    metrics = metrics_from_sums(sums)
+    if return_entropy:
+        metrics["entropy"] = float(entropy_sum) / max(1, h.shape[0])
+    return loss, metrics

@@ -1,0 +1,310 @@
+"""The fused kernels against an fp64 oracle: every output and gradient, odd shapes, every implementation.
+
+The oracle is the plain computation in float64 (matmul, log-softmax, gather; the clipped loss by
+autograd through ``npu_retu.algos.clipped_policy_loss``). Shapes are chosen to hit the edges: one
+token, a prime token count, a vocabulary that is not a multiple of the tile, masked tokens holding
+inf / nan, temperature != 1. The Triton kernels run on Triton's CPU interpreter here (conftest sets
+``TRITON_INTERPRET=1`` where no GPU is present) and compiled for real on a GPU; ``ascend`` runs the
+same kernels with a capped grid (the persistent row loop its launch depends on).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from npu_retu.algos import clipped_policy_loss as algos_loss
+from npu_retu.kernels import (
+    clipped_policy_loss,
+    fused_linear_logprobs,
+    fused_linear_policy_loss,
+    get_tiles,
+    plain_linear_logprobs,
+    resolve_impl,
+)
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (pip install -e .[triton])")
+
+# (impl, tile sizes): small tiles so that every loop runs several times at tiny shapes
+IMPLS = [
+    pytest.param("reference", {"token_chunk": 5, "vocab_tile": 32}, id="reference"),
+    pytest.param("triton", {"token_chunk": 5, "block_v": 32}, id="triton", marks=needs_triton),
+    pytest.param("ascend", {"token_chunk": 5, "block_v": 32, "max_programs": 3}, id="ascend-grid3", marks=needs_triton),
+]
+# per-dtype tolerances (atol on log-probs / entropy, rtol+atol on gradients)
+TOL = {torch.float32: dict(value=2e-5, grad_rtol=1e-4, grad_atol=1e-5), torch.bfloat16: dict(value=2e-5, grad_rtol=2e-2, grad_atol=2e-2)}
+
+
+def oracle_logprobs(hidden, weight, targets, temperature):
+    """fp64 log-probs and entropy from the (already rounded) inputs."""
+    logits = hidden.double() @ weight.double().T / temperature
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), -(log_probs.exp() * log_probs).sum(-1)
+
+
+def make_inputs(tokens, hidden_size, vocab, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(tokens, hidden_size, generator=g).to(dtype)
+    weight = (torch.randn(vocab, hidden_size, generator=g) * 0.5).to(dtype)
+    targets = torch.randint(0, vocab, (tokens,), generator=g)
+    return hidden, weight, targets
+
+
+@pytest.mark.parametrize("impl,tiles", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("tokens,vocab,temperature", [(1, 97, 1.0), (13, 97, 0.7), (17, 64, 1.3)])
+def test_logprobs_entropy_and_gradients_match_fp64(impl, tiles, dtype, tokens, vocab, temperature):
+    hidden, weight, targets = make_inputs(tokens, 16, vocab, dtype)
+    g = torch.Generator().manual_seed(1)
+    grad_logp, grad_entropy = torch.randn(tokens, generator=g), torch.randn(tokens, generator=g)
+
+    h64 = hidden.double().requires_grad_()
+    w64 = weight.double().requires_grad_()
+    want_logp, want_entropy = oracle_logprobs(h64, w64, targets, temperature)
+    want_gh, want_gw = torch.autograd.grad((want_logp * grad_logp.double() + want_entropy * grad_entropy.double()).sum(), [h64, w64])
+
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    logp, entropy = fused_linear_logprobs(h, w, targets, temperature=temperature, return_entropy=True, impl=impl, **tiles)
+    gh, gw = torch.autograd.grad((logp * grad_logp + entropy * grad_entropy).sum(), [h, w])
+
+    tol = TOL[dtype]
+    assert logp.dtype == torch.float32 and logp.shape == (tokens,)
+    assert (logp.double() - want_logp).abs().max() < tol["value"]
+    assert (entropy.double() - want_entropy).abs().max() < tol["value"]
+    assert gh.dtype == dtype and gw.dtype == dtype
+    torch.testing.assert_close(gh.double(), want_gh, rtol=tol["grad_rtol"], atol=tol["grad_atol"])
+    torch.testing.assert_close(gw.double(), want_gw, rtol=tol["grad_rtol"], atol=tol["grad_atol"])
+
+
+@pytest.mark.parametrize("impl,tiles", IMPLS)
+def test_no_grad_path_keeps_no_graph_and_accepts_batched_shapes(impl, tiles):
+    hidden, weight, targets = make_inputs(12, 8, 50, torch.float32, seed=3)
+    hidden, targets = hidden.view(3, 4, 8), targets.view(3, 4)
+    hidden.requires_grad_()
+    with torch.no_grad():
+        logp, entropy = fused_linear_logprobs(hidden, weight, targets, temperature=0.7, impl=impl, **tiles)
+    assert entropy is None and logp.grad_fn is None and logp.shape == (3, 4)
+    want, _ = oracle_logprobs(hidden.detach(), weight, targets, 0.7)
+    assert (logp.double() - want).abs().max() < 2e-5
+
+
+@pytest.mark.parametrize("impl,tiles", IMPLS)
+def test_log_probs_gradient_alone_needs_no_entropy(impl, tiles):
+    hidden, weight, targets = make_inputs(7, 8, 40, torch.float32, seed=4)
+    h = hidden.clone().requires_grad_()
+    logp, _ = fused_linear_logprobs(h, weight, targets, impl=impl, **tiles)
+    (gh,) = torch.autograd.grad(logp.sum(), [h])
+    h64 = hidden.double().requires_grad_()
+    (want,) = torch.autograd.grad(oracle_logprobs(h64, weight.double(), targets, 1.0)[0].sum(), [h64])
+    torch.testing.assert_close(gh.double(), want, rtol=1e-4, atol=1e-5)
+
+
+def loss_inputs(seed=0, batch=4, width=9):
+    """Log-probs and old log-probs spread so that every clip branch is hit: clip-high, clip-low,
+    dual-clip (ratio > 10 with A < 0), the log-ratio clamp, plus masked tokens that hold inf / nan."""
+    g = torch.Generator().manual_seed(seed)
+    logp = torch.randn(batch, width, generator=g, dtype=torch.float64) * 0.5 - 1.0
+    old = logp + torch.randn(batch, width, generator=g, dtype=torch.float64) * 0.4
+    old[0, 1] = logp[0, 1] - 3.0  # ratio e^3 = 20 > 10
+    old[1, 2] = logp[1, 2] - 25.0  # outside the log-ratio clamp
+    advantages = torch.tensor([-1.0, -0.5, 0.8, 1.2], dtype=torch.float64)[:batch]
+    mask = (torch.rand(batch, width, generator=g) > 0.25).double()
+    mask[0, 1] = mask[1, 2] = 1.0
+    mask[2, 0] = 0.0
+    old[2, 0] = float("nan")  # masked-out garbage must not reach any sum
+    mask[3] = 0.0  # a sequence with no response tokens
+    return logp, old, advantages, mask
+
+
+@pytest.mark.parametrize("impl,tiles", IMPLS)
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"])
+@pytest.mark.parametrize("global_counts", [False, True])
+def test_clipped_policy_loss_matches_the_algos_loss(impl, tiles, agg, global_counts):
+    logp, old, advantages, mask = loss_inputs()
+    counts = {"global_token_count": 40, "global_seq_count": 7} if global_counts else {}
+    settings = dict(eps_low=0.2, eps_high=0.28, clip_ratio_c=10.0)
+
+    lp64 = logp.clone().requires_grad_()
+    want, want_metrics = algos_loss(lp64, old, advantages, mask, clip_low=0.2, clip_high=0.28, dual_clip=10.0, agg=agg, **counts)
+    (want_grad,) = torch.autograd.grad(want, [lp64])
+
+    lp = logp.float().requires_grad_()
+    loss, metrics = clipped_policy_loss(lp, old.float(), advantages.float(), mask.float(), agg=agg, impl=impl, **settings, **counts, **tiles)
+    (grad,) = torch.autograd.grad(loss, [lp])
+
+    assert want_metrics["dual_clip_frac"] > 0 and want_metrics["clipfrac"] > 0  # the branches were hit
+    assert float(loss.detach()) == pytest.approx(float(want.detach()), rel=1e-6, abs=1e-6)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=1e-5, atol=1e-6)
+    assert set(metrics) == set(want_metrics)
+    for key in want_metrics:
+        assert metrics[key] == pytest.approx(want_metrics[key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize("impl,tiles", IMPLS)
+def test_policy_loss_without_dual_clip_and_with_symmetric_clip(impl, tiles):
+    logp, old, advantages, mask = loss_inputs(seed=2)
+    lp64 = logp.clone().requires_grad_()
+    want, _ = algos_loss(lp64, old, advantages, mask, clip_low=0.2, clip_high=0.2, dual_clip=None)
+    (want_grad,) = torch.autograd.grad(want, [lp64])
+    lp = logp.float().requires_grad_()
+    loss, metrics = clipped_policy_loss(lp, old.float(), advantages.float(), mask.float(), eps_low=0.2, eps_high=0.2, clip_ratio_c=None, impl=impl, **tiles)
+    (grad,) = torch.autograd.grad(loss, [lp])
+    assert float(loss.detach()) == pytest.approx(float(want.detach()), rel=1e-6, abs=1e-6) and metrics["dual_clip_frac"] == 0.0
+    torch.testing.assert_close(grad.double(), want_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl,tiles", IMPLS)
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_fused_linear_policy_loss_matches_logprobs_then_loss_in_fp64(impl, tiles, agg):
+    batch, width, hidden_size, vocab = 4, 9, 12, 71
+    g = torch.Generator().manual_seed(7)
+    hidden = torch.randn(batch, width, hidden_size, generator=g)
+    weight = torch.randn(vocab, hidden_size, generator=g) * 0.5
+    targets = torch.randint(0, vocab, (batch, width), generator=g)
+    _, old, advantages, mask = loss_inputs(seed=5, batch=batch, width=width)
+    with torch.no_grad():
+        current, _ = oracle_logprobs(hidden.view(-1, hidden_size), weight, targets.view(-1), 0.7)
+    old = current.view(batch, width) + torch.randn(batch, width, generator=g, dtype=torch.float64) * 0.3
+    old[2, 0] = float("inf")  # masked out
+
+    h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
+    logp64, entropy64 = oracle_logprobs(h64.view(-1, hidden_size), w64, targets.view(-1), 0.7)
+    want, want_metrics = algos_loss(logp64.view(batch, width), old, advantages, mask, agg=agg, global_token_count=30)
+    want_gh, want_gw = torch.autograd.grad(want, [h64, w64])
+    want_entropy = float((entropy64.detach().view(batch, width) * mask).sum() / mask.sum())
+
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss, metrics = fused_linear_policy_loss(
+        h, w, targets, old.float(), advantages.float(), mask.float(), temperature=0.7, agg=agg, global_token_count=30,
+        return_entropy=True, impl=impl, **tiles,
+    )
+    gh, gw = torch.autograd.grad(loss * 2.0, [h, w])  # the incoming gradient scales the stored ones
+
+    assert float(loss.detach()) == pytest.approx(float(want.detach()), rel=1e-6, abs=1e-6)
+    torch.testing.assert_close(gh.double(), 2 * want_gh, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gw.double(), 2 * want_gw, rtol=1e-4, atol=1e-6)
+    assert gh[3].abs().max() == 0  # a row with no response tokens gets no gradient
+    assert metrics["entropy"] == pytest.approx(want_entropy, abs=1e-5)
+    for key in want_metrics:
+        assert metrics[key] == pytest.approx(want_metrics[key], rel=1e-5, abs=1e-6), key
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any op produces (element count)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_fused_path_never_builds_token_by_vocab_logits():
+    tokens, hidden_size, vocab, chunk, tile = 256, 32, 1000, 64, 128
+    hidden, weight, targets = make_inputs(tokens, hidden_size, vocab, torch.float32)
+    hidden.requires_grad_()
+    weight.requires_grad_()
+    with LargestTensor() as fused:
+        logp, entropy = fused_linear_logprobs(hidden, weight, targets, return_entropy=True, impl="reference", token_chunk=chunk, vocab_tile=tile)
+        (logp.sum() + entropy.sum()).backward()
+    with LargestTensor() as plain:
+        plain_logp, _ = plain_linear_logprobs(hidden, weight, targets)
+    # the biggest things the fused path holds: the weight and its gradient (V*H), hidden (T*H), one tile
+    assert fused.largest == max(vocab * hidden_size, tokens * hidden_size, chunk * tile)
+    assert plain.largest == tokens * vocab
+    torch.testing.assert_close(logp.detach(), plain_logp.detach(), rtol=0, atol=2e-5)
+
+
+def test_dispatch_follows_the_device_layer_and_rejects_unknown_names():
+    from npu_retu.device import Backend, reset_backend, set_backend
+
+    class FakeAccelerator:
+        pass
+
+    try:
+        set_backend(Backend("cuda", accelerator=FakeAccelerator()))
+        assert resolve_impl() == "triton"
+        set_backend(Backend("npu", accelerator=FakeAccelerator()))
+        assert resolve_impl() == "ascend"
+        set_backend("cpu")
+        assert resolve_impl() == "reference"
+    finally:
+        reset_backend()
+    with pytest.raises(ValueError, match="unknown kernel implementation 'cutlass'; choose one of reference, triton, ascend"):
+        resolve_impl("cutlass")
+
+
+def test_bad_inputs_get_clear_errors():
+    hidden, weight, targets = make_inputs(4, 8, 10, torch.float32)
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 10\), got \[.*12\]"):
+        fused_linear_logprobs(hidden, weight, torch.tensor([0, 1, 2, 12]), impl="reference")
+    with pytest.raises(ValueError, match="same H"):
+        fused_linear_logprobs(hidden, weight[:, :4], targets, impl="reference")
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        fused_linear_logprobs(hidden, weight, targets, temperature=0.0, impl="reference")
+    logp, old, adv, mask = loss_inputs()
+    with pytest.raises(ValueError, match="clip_ratio_c"):
+        clipped_policy_loss(logp, old, adv, mask, clip_ratio_c=0.5, impl="reference")
+    with pytest.raises(ValueError, match="unknown loss aggregation 'mean'"):
+        clipped_policy_loss(logp, old, adv, mask, agg="mean", impl="reference")
+
+
+def test_ascend_falls_back_to_pytorch_tiles_with_the_reason(monkeypatch, caplog):
+    from npu_retu.kernels import ascend
+
+    monkeypatch.setattr(ascend, "interpreting", lambda: False)
+    monkeypatch.setattr(ascend, "unavailable_reason", lambda: "torch_npu not importable: No module named 'torch_npu'")
+    with caplog.at_level(logging.WARNING):
+        tiles = get_tiles("ascend")
+    assert tiles.backend == "reference"
+    assert "torch_npu not importable" in caplog.text
+    hidden, weight, targets = make_inputs(5, 8, 30, torch.float32)
+    logp, _ = fused_linear_logprobs(hidden, weight, targets, impl="ascend")
+    assert (logp.double() - oracle_logprobs(hidden, weight, targets, 1.0)[0]).abs().max() < 2e-5
+
+
+@needs_triton
+def test_ascend_switches_to_pytorch_tiles_when_a_kernel_fails_to_compile(caplog):
+    from triton.compiler.errors import CompilationError
+
+    from npu_retu.kernels.ascend import AscendTiles
+
+    tiles = AscendTiles(token_chunk=4, block_v=32, max_programs=2)
+    assert tiles.backend == "triton"
+
+    def broken(*args, **kwargs):
+        raise CompilationError("kernel.py", None, "ub overflow")
+
+    tiles._tiles.stats = broken
+    hidden, weight, targets = make_inputs(5, 8, 30, torch.float32)
+    with caplog.at_level(logging.WARNING):
+        logp = tiles.stats(hidden, weight, targets, 1.0, False)[0]
+    assert tiles.backend == "reference" and "failed to compile" in caplog.text
+    assert (logp.double() - oracle_logprobs(hidden, weight, targets, 1.0)[0]).abs().max() < 2e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("hidden_size,vocab", [(3584, 152064)])
+def test_triton_parity_at_the_qwen_head_shape_in_bf16(hidden_size, vocab):
+    """Compiled Triton kernels at the Qwen2.5-7B head shape in bf16 vs an fp32 computation."""
+    from npu_retu.device import get_backend
+
+    device = get_backend().device()
+    g = torch.Generator(device=device).manual_seed(0)
+    hidden = torch.randn(512, hidden_size, device=device, generator=g).bfloat16()
+    weight = (torch.randn(vocab, hidden_size, device=device, generator=g) * 0.02).bfloat16()
+    targets = torch.randint(0, vocab, (512,), device=device, generator=g)
+    want_logp, want_entropy = oracle_logprobs(hidden.float(), weight.float(), targets, 1.0)
+    logp, entropy = fused_linear_logprobs(hidden, weight, targets, return_entropy=True, impl="triton")
+    assert (logp.double() - want_logp).abs().max() < 5e-3
+    assert (entropy.double() - want_entropy).abs().max() < 5e-3

@@ -308,3 +308,28 @@ def test_triton_parity_at_the_qwen_head_shape_in_bf16(hidden_size, vocab):
     logp, entropy = fused_linear_logprobs(hidden, weight, targets, return_entropy=True, impl="triton")
     assert (logp.double() - want_logp).abs().max() < 5e-3
     assert (entropy.double() - want_entropy).abs().max() < 5e-3
+
+
+def test_bench_kernels_saves_a_csv_with_times_memory_and_errors(tmp_path, capsys):
+    import csv
+
+    from npu_retu.cli import main
+
+    out = tmp_path / "kernels.csv"
+    assert main(["bench", "kernels", "--shapes", "32:300", "--tokens", "16,40", "--repeats", "2",
+                 "--impls", "fused-reference,plain,fused-triton", "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("# TFLOP/s count the LM-head matmuls only")
+    rows = list(csv.DictReader(lines[1:]))
+    assert [(r["impl"], r["tokens"], r["mode"]) for r in rows[:2]] == [("fused-reference", "16", "forward"), ("fused-reference", "16", "forward+backward")]
+    assert len(rows) == 12
+    measured = [r for r in rows if r["impl"] != "fused-triton"]
+    assert all(r["status"] == "ok" for r in measured)
+    for r in measured:
+        assert float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"])
+        assert float(r["max_err_logp"]) < 1e-5 and float(r["tflops"]) > 0
+    assert all(float(r["max_err_dh"]) < 1e-5 for r in measured if r["mode"] == "forward+backward")
+    assert all(r["status"].startswith("skipped: no accelerator") for r in rows if r["impl"] == "fused-triton")
+    assert "saved 12 rows" in capsys.readouterr().out
+    assert main(["bench", "kernels", "--impls", "cutlass", "--out", str(out)]) == 2
+    assert "unknown implementation(s) cutlass; choose from fused-reference" in capsys.readouterr().err

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # heavy imports stay out of `npu-retu --help`
     from transformers import PreTrainedTokenizerFast, Qwen2Config
 
 # Bump when the generator, the tokenizer or the model recipe changes: old caches are then ignored.
-EMBEDDED_VERSION = 2
+EMBEDDED_VERSION = 3
 PREFIX = "embedded:"
 
 # Each data set draws from its own seed, so adding one never changes another.
@@ -47,6 +47,7 @@ SEEDS = {
     "rl-test": 9_002,
     "rl-train": 9_003,
     "pretrain": 9_004,
+    "pretrain-drills": 9_006,
     "tokenizer": 9_005,
     "sft-easy": 1_001,
     "sft-uniform": 1_002,
@@ -59,8 +60,8 @@ SEEDS = {
 SFT_VAL_SIZE = 199  # like the paper's Val-199
 RL_TEST_SIZE = 500
 RL_TRAIN_SIZE = 10_000
-PRETRAIN_DOCS = 20_000  # bare-answer problems; plus about PRACTICE_SHARE as many practice documents
-PRACTICE_SHARE = 1.0
+PRETRAIN_DOCS = 20_000  # bare-answer problems; plus as many practice or read-back documents
+PRACTICE_SHARE = 0.5  # of those: arithmetic practice; the rest read back another problem (a copy drill)
 TOKENIZER_CORPUS_PROBLEMS = 3_000
 HELD_OUT_DIFFICULTY = "uniform"
 
@@ -95,7 +96,7 @@ MODEL_SHAPE = dict(
     intermediate_size=512,
     max_position_embeddings=1024,
 )
-PRETRAIN_STEPS = 800
+PRETRAIN_STEPS = 2000
 PRETRAIN_BATCH = 32
 PRETRAIN_LR = 3e-3
 
@@ -396,13 +397,19 @@ def _build_pretrain_text(out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve("embedded:tokenizer"))
     seed = SEEDS["pretrain"]
     problems = synthetic.generate_problems(PRETRAIN_DOCS, "uniform", seed, exclude=held_out_keys())
+    drills = synthetic.generate_problems(PRETRAIN_DOCS, "uniform", SEEDS["pretrain-drills"], exclude=held_out_keys())
     rng = random.Random(f"pretrain-text:{seed}")
     render = chat_template_fn(tokenizer)
     docs = []
-    for p in problems:  # bare-answer problems interleaved with arithmetic practice
+    # bare-answer problems, each followed by arithmetic practice or by another problem read back
+    # ("In short: start 7; (1) add 5; ..."): the read-backs teach the model to find "(k)" in its
+    # context and copy what follows, which reading a problem needs
+    for p, drill in zip(problems, drills):
         docs.append({"text": synthetic.pretrain_text(p, rng, render)})
         if rng.random() < PRACTICE_SHARE:
             docs.append({"text": synthetic.practice_text(rng)})
+        else:
+            docs.append({"text": f"{drill.text}\n{synthetic.restatement(drill)}\n"})
     synthetic.write_jsonl(out, docs)
 
 

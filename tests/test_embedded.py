@@ -257,19 +257,23 @@ def test_training_sets_exclude_every_held_out_problem(cache):
     rl = _read_jsonl(embedded.resolve("embedded:rl-train"))
     pretrain = embedded.read_pretrain_texts(embedded.resolve("embedded:pretrain-text"))
     problem_docs = [t for t in pretrain if "\\boxed{" in t]
-    practice_docs = [t for t in pretrain if "\\boxed{" not in t]
+    drill_docs = [t for t in pretrain if "\\boxed{" not in t and "In short:" in t]  # problems read back
+    practice_docs = [t for t in pretrain if "\\boxed{" not in t and "In short:" not in t]
+    assert 0.3 < len(drill_docs) / len(problem_docs) < 0.7 and 0.3 < len(practice_docs) / len(problem_docs) < 0.7
     assert len(sft) == 1000 and len(rl) == embedded.RL_TRAIN_SIZE and len(problem_docs) == TEST_PRETRAIN_DOCS
     assert all(r["messages"][0]["info"]["difficulty"] <= synthetic.DIFFICULTY_STEPS["easy"][1] for r in sft)
     # the problem statement: the user turn of a chat document, else the first line of a plain one
     problem_texts = [t.split("<|im_start|>user\n")[1].split("<|im_end|>")[0] if "<|im_start|>" in t else t.split("\n")[0] for t in problem_docs]
-    for texts in ([r["messages"][0]["content"] for r in sft], [r["prompt"][0]["content"] for r in rl], problem_texts):
+    drill_texts = [t.split("\n")[0] for t in drill_docs]
+    assert all(t.count("\n") == 2 and t.split("\n")[1].startswith("In short: start ") for t in drill_docs)
+    for texts in ([r["messages"][0]["content"] for r in sft], [r["prompt"][0]["content"] for r in rl], problem_texts, drill_texts):
         keys = _keys_of_texts(texts)
         assert len(keys) == len(texts)  # distinct
         assert not keys & held_out
     chat = sum("<|im_start|>" in t for t in problem_docs) / len(problem_docs)
     assert 0.2 < chat < 0.4
     assert all("<think>" not in t for t in pretrain)  # no worked solutions before SFT
-    # practice documents (if any) are one-step facts with correct arithmetic
+    # practice documents are one-step facts with correct arithmetic
     for doc in practice_docs:
         for line in doc.strip().split("\n"):
             m = re.search(r"(\d) ([+×-]) (\d) = (-?\d+), keep (\d)\.$", line)

@@ -302,7 +302,7 @@ def pretrain_text(
 ) -> str:
     """One pretraining document: the problem and its bare answer, no steps.
 
-    Most documents are plain text (``PROBLEM\\nAnswer: \\boxed{d}\\n``, half of them with a
+    Most documents are plain text (``PROBLEM\\nIn short: ...\\nAnswer: \\boxed{d}\\n``, with a
     ``restatement`` of the problem before the answer); with ``chat_template_fn``
     about 30 % are a chat exchange whose assistant turn is only ``The result is \\boxed{d}.``, so the
     base model can answer chat-formatted prompts (P_0 > 0 under the prompt format SFT and RL use).
@@ -313,12 +313,7 @@ def pretrain_text(
             {"role": "assistant", "content": final_answer_line(problem.answer)},
         ]
         return chat_template_fn(messages)
-    if rng.random() < RESTATE_SHARE:
-        return f"{problem.text}\n{restatement(problem)}\nAnswer: \\boxed{{{problem.answer}}}\n"
-    return f"{problem.text}\nAnswer: \\boxed{{{problem.answer}}}\n"
-
-
-RESTATE_SHARE = 0.5  # share of plain-text pretraining documents that restate their problem
+    return f"{problem.text}\n{restatement(problem)}\nAnswer: \\boxed{{{problem.answer}}}\n"
 
 
 def restatement(problem: Problem) -> str:

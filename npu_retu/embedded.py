@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # heavy imports stay out of `npu-retu --help`
     from transformers import PreTrainedTokenizerFast, Qwen2Config
 
 # Bump when the generator, the tokenizer or the model recipe changes: old caches are then ignored.
-EMBEDDED_VERSION = 3
+EMBEDDED_VERSION = 4
 PREFIX = "embedded:"
 
 # Each data set draws from its own seed, so adding one never changes another.
@@ -382,7 +382,9 @@ def _tokenizer_corpus() -> list[str]:
     for p in problems:
         # role names as the chat template writes them, so "user" and "assistant" merge too
         texts.append("user\n" + p.text)
-        texts.append("assistant\n" + synthetic.expert_trajectory(p, rng))
+        # (the read-back line is already in the pretraining texts below; leaving it out here keeps
+        # the tokenizer, and so the base model, independent of the trajectory format)
+        texts.append("assistant\n" + synthetic.expert_trajectory(p, rng, read_back=False))
         texts.append(synthetic.pretrain_text(p, rng))
     return texts
 

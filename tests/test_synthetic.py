@@ -142,6 +142,7 @@ def test_expert_trajectory_has_r1_shape_and_correct_arithmetic():
         assert text.startswith("<think>\n")
         assert text.endswith(f"\n</think>\n\nThe result is \\boxed{{{p.answer}}}.")
         lines = text[len("<think>\n") : text.index("\n</think>")].split("\n")
+        assert lines[0] == synthetic.restatement(p)  # the problem read back first
         step_lines = [line for line in lines if _EQUATION.search(line)]
         assert len(step_lines) == p.steps, text
         value = p.start

@@ -244,13 +244,18 @@ def practice_text(rng: random.Random, lines: int = 16) -> str:
     return "\n".join(fact_line(v, op) for v, op in (facts[rng.randrange(len(facts))] for _ in range(lines))) + "\n"
 
 
-def expert_trajectory(problem: Problem, rng: random.Random) -> str:
-    """An R1-style solution: ``<think>`` + one line per step + ``</think>`` + the boxed answer.
+def expert_trajectory(problem: Problem, rng: random.Random, read_back: bool = True) -> str:
+    """An R1-style solution: ``<think>`` + the problem read back + one line per step + ``</think>`` +
+    the boxed answer.
 
-    Every line's phrasing is drawn from ``rng`` (an opening that states the start, a connector per step line,
-    four closings); the arithmetic is always the problem's and always written the same way.
+    The read-back (``In short: start 7; (1) add 5; ...``, the form the base model copies in
+    pretraining) comes first, as a reasoning model restates what it was asked; each step then copies
+    its operation from that nearby line. Every other line's phrasing is drawn from ``rng`` (an
+    opening that states the start, a connector per step line, four closings); the arithmetic is
+    always the problem's and always written the same way. ``read_back=False`` leaves the read-back
+    out (the tokenizer's corpus does, so that the tokenizer does not change with this format).
     """
-    lines = []
+    lines = [restatement(problem)] if read_back else []
     lines.append(_OPENINGS[rng.randrange(len(_OPENINGS))].format(s=problem.start))
     value = problem.start
     for number, op in enumerate(problem.ops, start=1):

@@ -407,8 +407,6 @@ def micro_batch_loss(model, batch, mask, old, adv, ref, cfg: Config, counts_kw: 
     hidden states to the loss in one kernel call (``fused_linear_policy_loss``); otherwise it takes
     differentiable fused log-probs and entropy, then the fused loss; ``unfused`` is the plain path.
     """
-    import torch
-
     from npu_retu.algos import agg_loss, clipped_policy_loss, kl_penalty
     from npu_retu.algos.logprobs import hidden_states_and_head, response_logprobs
     from npu_retu import kernels

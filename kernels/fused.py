@@ -21,19 +21,6 @@ from torch import Tensor
 from npu_retu.kernels.reference import check_linear_inputs, metrics_from_sums, prepare_loss_inputs
 
 
-class _NoGraph:
-    """Stands in for autograd's ctx when the forward runs without a graph (old / reference log-probs)."""
-
-    def save_for_backward(self, *tensors) -> None:
-        pass
-
-    def set_materialize_grads(self, value: bool) -> None:
-        pass
-
-    def mark_non_differentiable(self, *tensors) -> None:
-        pass
-
-
 class _LinearLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, tiles, temperature, with_entropy):
@@ -82,17 +69,15 @@ def linear_logprobs(
 ) -> tuple[Tensor, Tensor | None]:
     """Per-token ``log softmax(h W^T / T)[targets]`` in fp32 (shape of ``targets``) and optionally
     the entropy of each distribution, never building the ``[T, V]`` logits. Differentiable in
-    ``hidden`` and ``weight``; under ``torch.no_grad()`` (or with neither requiring grad) nothing
-    is saved for a backward pass."""
+    ``hidden`` and ``weight``; under ``torch.no_grad()`` (or with neither requiring grad) no graph
+    is kept."""
     check_linear_inputs(hidden, weight, targets, temperature)
     lead = targets.shape
     h = hidden.reshape(-1, hidden.shape[-1]).contiguous()
     y = targets.reshape(-1).long().contiguous()
     w = weight.contiguous()
-    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        logp, entropy = _LinearLogprobs.apply(h, w, y, tiles, float(temperature), return_entropy)
-    else:
-        logp, entropy = _LinearLogprobs.forward(_NoGraph(), h, w, y, tiles, float(temperature), return_entropy)
+    # without grad (old / reference log-probs) autograd records nothing and drops what forward saved
+    logp, entropy = _LinearLogprobs.apply(h, w, y, tiles, float(temperature), return_entropy)
     return logp.view(lead), entropy.view(lead) if return_entropy else None
 
 

@@ -150,7 +150,9 @@ def token_weights(
         if agg == "seq-mean-token-mean":
             w = w / tokens.clamp(min=1).float()
         return w
-    raise ValueError(f"unknown loss aggregation {agg!r}; choose one of token-mean, seq-mean-token-sum, seq-mean-token-mean")
+    from npu_retu.algos.policy_loss import LOSS_AGG_MODES
+
+    raise ValueError(f"unknown loss aggregation {agg!r}; choose one of {', '.join(LOSS_AGG_MODES)}")
 
 
 def _at_least_one(count: int | float | Tensor, like: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ COMMANDS = {
     "pipeline": "pipeline",
     "eval": "eval",
     "phases": "phases",
+    "fit": "fit",
     "flops": "flops",
     "data": "data",
     "doctor": "doctor",

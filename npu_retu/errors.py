@@ -3,3 +3,21 @@
 
 class UserError(Exception):
     """Bad input, a bad config, a missing file: the message says what and where."""
+
+
+def integer_field(row: dict, key: str, where: str) -> int:
+    """``row[key]`` as an integer, or a :class:`UserError` naming ``where`` and the field."""
+    value = row.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{where}: field '{key}' must be an integer, got {value!r}")
+    return value
+
+
+def number_field(row: dict, key: str, where: str) -> float:
+    """``row[key]`` as a finite float, or a :class:`UserError` naming ``where`` and the field."""
+    import math
+
+    value = row.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{where}: field '{key}' must be a finite number, got {value!r}")
+    return float(value)

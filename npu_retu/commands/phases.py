@@ -8,11 +8,10 @@ step-<N>``) or a metrics JSONL file. Only rows with ``val/loss`` count; when a s
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
-from npu_retu.errors import UserError
+from npu_retu.errors import UserError, integer_field, number_field
 
 HELP = "Label an SFT validation-loss curve with its sub-phases (Adaptive/Stable/Mild/Severe) and pick the checkpoint for RL."
 
@@ -65,10 +64,10 @@ def read_validation_curve(metrics_path: Path) -> list[dict]:
                 raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
             if VAL_LOSS_KEY not in row:
                 continue
-            step = _int_field(row, "step", where)
+            step = integer_field(row, "step", where)
             by_step[step] = {  # a resumed run re-logs a step: the last row wins
                 "step": step,
-                "flops": _number_field(row, "flops", where),
+                "flops": number_field(row, "flops", where),
                 "loss": _loss_field(row, where),
                 "line": line_number,
             }
@@ -77,22 +76,8 @@ def read_validation_curve(metrics_path: Path) -> list[dict]:
     return [by_step[step] for step in sorted(by_step)]
 
 
-def _int_field(row: dict, key: str, where: str) -> int:
-    value = row.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{where}: field '{key}' must be an integer, got {value!r}")
-    return value
-
-
-def _number_field(row: dict, key: str, where: str) -> float:
-    value = row.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{where}: field '{key}' must be a finite number, got {value!r}")
-    return float(value)
-
-
 def _loss_field(row: dict, where: str) -> float:
-    value = _number_field(row, VAL_LOSS_KEY, where)
+    value = number_field(row, VAL_LOSS_KEY, where)
     if value <= 0:
         raise UserError(f"{where}: field '{VAL_LOSS_KEY}' must be > 0, got {value!r}")
     return value

@@ -1,4 +1,5 @@
-"""PNG figures for run reports. For now: the SFT sub-phase plot (paper Figure 3's shading).
+"""PNG figures for run reports: the SFT sub-phase plot (paper Figure 3's shading), the RL curve, and the
+ceiling-fit figures (Eq. 11-12 fits, Figure 3 / 5 plasticity plots, the Figure 5a min-loss correlation).
 
 matplotlib is imported inside the plotting functions (Agg backend, no display needed), so importing
 this module costs nothing.
@@ -163,6 +164,216 @@ def plot_rl_curve(evals: Sequence[dict], metrics_path: str | Path, path: str | P
         ax.set_title(title or "RL: accuracy vs compute")
         ax.grid(alpha=0.25)
         ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+        fig.tight_layout()
+        path = save_png(fig, path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# ceiling fits (paper §4.2, Appendix D, Figures 3 and 5)
+
+
+def _compute_axis(values: Sequence[float], label: str) -> tuple[float, str]:
+    """The divisor for a compute axis and its label with the unit; plain numbers below a gigaFLOP
+    (a points file may give compute in any unit) keep the label as it is."""
+    scale, unit = flops_scale(values)
+    return (scale, f"{label} ({unit})") if scale > 1.0 else (1.0, label)
+
+
+def _curve_xs(x_max: float, count: int = 300):
+    """x values for drawing Eq. 11 from 0 to a little past the last point."""
+    import numpy as np
+
+    return np.linspace(0.0, 1.05 * x_max if x_max > 0 else 1.0, count)
+
+
+def _point_groups(fit) -> dict[str, list[int]]:
+    """Indices of the fit's (sorted) points: fit-split inliers, validation points, Stage-1 outliers
+    and LTS-trimmed points (Appendix D.1-D.2)."""
+    outliers, trimmed = set(fit.stage1_outliers), set(fit.lts_trimmed)
+    fitted = [i for i, in_fit in enumerate(fit.fit_mask) if in_fit and i not in outliers and i not in trimmed]
+    validation = [i for i, in_fit in enumerate(fit.fit_mask) if not in_fit]
+    return {"fit": fitted, "validation": validation, "stage1": sorted(outliers), "lts": sorted(trimmed)}
+
+
+def plot_ceiling_fit(fit, path: str | Path, *, title: str | None = None, x_label: str = "RL compute") -> Path:
+    """One sigmoidal power-law fit (Eq. 11, or Eq. 12 with P_start fixed) and its points; return the path.
+
+    Filled circles: fit-split inliers; hollow squares: the held-out validation split (Appendix D.1);
+    red x: Stage-1 modified z-score outliers; grey x: points trimmed by LTS (Appendix D.2). The dashed
+    line is the ceiling A, shaded over its bootstrap confidence interval when there is one.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs_data = list(fit.x)
+    scale, axis_label = _compute_axis(xs_data, x_label)
+    groups = _point_groups(fit)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    try:
+        curve_x = _curve_xs(max(xs_data))
+        start = "P_start fixed" if fit.p_start_fixed else "P_start fitted"
+        unit = "" if scale == 1.0 else " " + flops_scale(xs_data)[1]
+        ax.plot(curve_x / scale, fit.predict(curve_x), color="#08306b", linewidth=1.8,
+                label=f"Eq. 11 fit ({start}): B={fit.B:.2f}, C_mid={fit.C_mid / scale:.3g}{unit}")
+        styles = (
+            ("fit", {"marker": "o", "color": "#2171b5", "linestyle": "none", "markersize": 6}, "fit split"),
+            ("validation", {"marker": "s", "markerfacecolor": "none", "markeredgecolor": "#2171b5", "linestyle": "none",
+                            "markersize": 7}, "validation split"),
+            ("stage1", {"marker": "x", "color": "#cb181d", "linestyle": "none", "markersize": 8, "mew": 2},
+             "Stage-1 outlier (modified z-score)"),
+            ("lts", {"marker": "x", "color": "#969696", "linestyle": "none", "markersize": 8, "mew": 2}, "trimmed by LTS"),
+        )
+        for group, style, label in styles:
+            indices = groups[group]
+            if indices:
+                ax.plot([fit.x[i] / scale for i in indices], [fit.y[i] for i in indices], label=label, **style)
+        ceiling_label = f"A = {fit.A:.2f}"
+        if fit.a_ci is not None:
+            low, high = fit.a_ci
+            ceiling_label += f" [{100 * fit.ci_level:g}% CI {low:.2f}, {high:.2f}]"
+            ax.axhspan(low, high, color="#fd8d3c", alpha=0.15, linewidth=0)
+        ax.axhline(fit.A, linestyle="--", color="#d94801", linewidth=1.3, label=ceiling_label)
+        ax.set_xlabel(axis_label)
+        ax.set_ylabel("score")
+        ax.set_title(title or f"Ceiling fit: A = {fit.A:.2f}, PL = A - P_start = {fit.plasticity:.2f} ({fit.method})")
+        ax.grid(alpha=0.25)
+        ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+        fig.tight_layout()
+        path = save_png(fig, path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_plasticity(
+    path: str | Path,
+    *,
+    sft_curve: Sequence[tuple[float, float]] | None = None,
+    branches: Sequence,
+    fits: Sequence,
+    phase_spans: Sequence[tuple[float, float, str]] | None = None,
+    title: str | None = None,
+) -> Path:
+    """SFT-then-RL scaling like the paper's Figure 3 / Figure 5b-f; return the path.
+
+    x is total compute x_sft + x_rl. ``sft_curve`` ((x_sft, score) points, e.g. each branch's P_sft)
+    is the dashed black SFT trajectory; each branch (a :class:`~npu_retu.ceiling.tables.Branch`) is
+    one colour of a viridis gradient by SFT step (lighter = later), the points its fit used filled,
+    the others (validation split, Stage-1 outliers, LTS-trimmed) hollow, and its fitted Eq. 12 curve
+    (``fits[i]``; None when the fit failed: points only, dotted) drawn from its start; each branch's
+    SFT step is written at its start. ``phase_spans``
+    ((x_start, x_end, sub-phase) over SFT compute) shade the SFT sub-phases (Eq. 14-17).
+    """
+    if len(branches) != len(fits):
+        raise UserError(f"plot_plasticity: {len(branches)} branches but {len(fits)} fits")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    totals = [b.sft_flops + x for b in branches for x in b.rl_flops]
+    totals += [x for x, _ in sft_curve or ()] + [end for _, end, _ in phase_spans or ()]
+    scale, axis_label = _compute_axis(totals, "total compute x_sft + x_rl")
+    steps = [b.sft_step for b in branches]
+    low, high = min(steps, default=0), max(steps, default=0)
+    colour_map = matplotlib.colormaps["viridis"]
+
+    def colour(step: int):
+        return colour_map(0.85 * (step - low) / (high - low) if high > low else 0.4)
+
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=120)
+    try:
+        shown_phases = []
+        for start, end, phase in phase_spans or ():
+            sub_phase = SubPhase(phase)
+            ax.axvspan(start / scale, end / scale, color=PHASE_COLOURS[sub_phase], alpha=0.35, linewidth=0)
+            if sub_phase not in shown_phases:
+                shown_phases.append(sub_phase)
+        if sft_curve:
+            points = sorted(sft_curve)
+            ax.plot([x / scale for x, _ in points], [y for _, y in points], linestyle="--", color="black",
+                    marker=".", linewidth=1.3, label="SFT (P_sft)")
+        for branch, fit in zip(branches, fits):
+            c = colour(branch.sft_step)
+            if fit is None:
+                ax.plot([(branch.sft_flops + x) / scale for x in branch.rl_flops], branch.scores, marker="o",
+                        markerfacecolor="none", color=c, linestyle=":", markersize=5)
+            else:
+                groups = _point_groups(fit)
+                filled, hollow = groups["fit"], groups["validation"] + groups["stage1"] + groups["lts"]
+                ax.plot([(branch.sft_flops + fit.x[i]) / scale for i in filled], [fit.y[i] for i in filled],
+                        marker="o", color=c, linestyle="none", markersize=5)
+                ax.plot([(branch.sft_flops + fit.x[i]) / scale for i in hollow], [fit.y[i] for i in hollow],
+                        marker="o", markerfacecolor="none", markeredgecolor=c, linestyle="none", markersize=6)
+                curve_x = _curve_xs(max(fit.x))
+                ax.plot((branch.sft_flops + curve_x) / scale, fit.predict(curve_x), color=c, linewidth=1.5)
+            ax.annotate("base" if branch.sft_step == 0 and branch.sft_flops == 0 else str(branch.sft_step),
+                        (branch.sft_flops / scale, branch.scores[0]), xytext=(-4, 6), textcoords="offset points",
+                        fontsize=8, fontweight="bold", ha="right")
+
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [
+            Line2D([], [], marker="o", color="#444444", linestyle="none", label="RL points (fit split)"),
+            Line2D([], [], marker="o", markerfacecolor="none", markeredgecolor="#444444", linestyle="none",
+                   label="RL points (validation / outliers)"),
+            Line2D([], [], color="#444444", label="Eq. 12 fit per branch (colour: SFT step)"),
+        ]
+        handles += [Patch(color=PHASE_COLOURS[p], alpha=0.35, label=PHASE_TITLES[p]) for p in shown_phases]
+        ax.legend(handles=handles, fontsize=8, loc="lower right", framealpha=0.9)
+        ax.set_xlim(left=0)
+        ax.set_xlabel(axis_label)
+        ax.set_ylabel("score")
+        ax.set_title(title or "SFT-then-RL: post-training ceiling vs compute")
+        ax.grid(alpha=0.25)
+        fig.tight_layout()
+        path = save_png(fig, path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_min_loss_correlation(correlation: dict, path: str | Path, *, title: str | None = None) -> Path:
+    """Minimum SFT validation loss (x) against the best A_post (y), one labelled point per SFT dataset,
+    with the least-squares line and Pearson r in the title (paper Figure 5a). ``correlation`` is
+    :func:`~npu_retu.ceiling.tables.min_loss_correlation`'s result."""
+    datasets = correlation.get("datasets") or []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    losses = [d["min_val_loss"] for d in datasets]
+    ceilings = [d["best_A_post"] for d in datasets]
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    try:
+        if not datasets:  # nothing to correlate, but a report that links the figure still gets one
+            ax.text(0.5, 0.5, "no SFT dataset with a validation loss and a fitted A_post", ha="center",
+                    va="center", transform=ax.transAxes)
+        ax.plot(losses, ceilings, marker="o", color="#08306b", linestyle="none", markersize=7)
+        for d in datasets:
+            ax.annotate(d["dataset"], (d["min_val_loss"], d["best_A_post"]), xytext=(5, 5), textcoords="offset points",
+                        fontsize=9)
+        if correlation.get("slope") is not None:
+            line_x = np.linspace(min(losses), max(losses), 50)
+            ax.plot(line_x, correlation["slope"] * line_x + correlation["intercept"], color="#cb181d", linewidth=1.2,
+                    label=f"least squares: A_post = {correlation['slope']:.3g} · L_min + {correlation['intercept']:.3g}")
+            ax.legend(fontsize=8, framealpha=0.9)
+        r = correlation.get("r")
+        r_text = f"Pearson r = {r:.2f} (p = {correlation['p_value']:.2g})" if r is not None else "Pearson r: n/a"
+        ax.set_title(title or f"Min SFT validation loss vs post-training ceiling: {r_text}", fontsize=10)
+        if datasets:
+            ax.margins(x=0.15, y=0.15)  # room for the dataset labels
+        ax.set_xlabel("minimum SFT validation loss")
+        ax.set_ylabel("best A_post")
+        ax.grid(alpha=0.25)
         fig.tight_layout()
         path = save_png(fig, path)
     finally:

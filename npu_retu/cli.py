@@ -23,6 +23,7 @@ COMMANDS = {
     "data": "data",
     "doctor": "doctor",
     "bench": "bench",
+    "experiment": "experiment",
 }
 
 

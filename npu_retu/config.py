@@ -217,6 +217,7 @@ class RLConfig:
     micro_batch_size: int = 8  # sequences per forward/backward
     ppo_epochs: int = 1
     max_steps: int = 100
+    max_flops: float = 0.0  # also stop once cumulative RL FLOPs (Appendix C) reach this; 0: no compute budget
     eval_every: int = 10  # held-out evaluation every N steps (0: only at the end)
     eval_at_start: bool = True  # evaluate the starting checkpoint first (the RL curve's x = 0 point)
     save_every: int = 10
@@ -237,6 +238,7 @@ class RLConfig:
                     "mini_batch_prompts", "micro_batch_size", "ppo_epochs", "max_steps", "save_every"):
             _check(getattr(self, key) >= 1, f"rl.{key}", ">= 1", getattr(self, key))
         _check(self.eval_every >= 0, "rl.eval_every", ">= 0", self.eval_every)
+        _check(self.max_flops >= 0, "rl.max_flops", ">= 0 (0: no compute budget)", self.max_flops)
         _check(
             self.train_batch_prompts % self.mini_batch_prompts == 0,
             "rl.train_batch_prompts",

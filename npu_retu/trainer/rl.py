@@ -183,10 +183,14 @@ def train_rl(
         say(f"rl: eval at step {at_step}: {result.summary()}")
         return summary
 
+    def compute_spent(total: float) -> bool:
+        # rl.max_flops: a compute budget (Appendix C FLOPs) for compute-matched comparisons
+        return rl.max_flops > 0 and total >= rl.max_flops
+
     try:
         if step == 0 and rl.eval_at_start and test_examples:
             evals.append(run_eval(0))
-        while step < rl.max_steps:
+        while step < rl.max_steps and not compute_spent(flops):
             timings = {"rollout": 0.0, "reward": 0.0, "logprobs": 0.0, "update": 0.0}
             reward_before = reward.stats()
             t_step = time.perf_counter()
@@ -259,9 +263,10 @@ def train_rl(
                 f"clip {row.get('actor/clipfrac', 0.0):.3f}  {dt:.1f}s"
             )
 
-            if rl.eval_every > 0 and test_examples and (step % rl.eval_every == 0 or step == rl.max_steps):
+            last_step = step == rl.max_steps or compute_spent(flops)
+            if rl.eval_every > 0 and test_examples and (step % rl.eval_every == 0 or last_step):
                 evals.append(run_eval(step))
-            if save_checkpoints and (step % rl.save_every == 0 or step == rl.max_steps):
+            if save_checkpoints and (step % rl.save_every == 0 or last_step):
                 state = {
                     "step": step,
                     "flops": flops,

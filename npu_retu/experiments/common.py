@@ -1,0 +1,247 @@
+"""The stages the experiment runners share: an SFT run, an evaluation of SFT checkpoints, an RL
+branch from a checkpoint, and the report file.
+
+Each stage writes its result to ``<stage folder>/done.json`` when it finishes, so rerunning an
+experiment skips finished stages, continues an interrupted one from its newest checkpoint
+(``resume``), and then rewrites the report: a crash costs at most one checkpoint interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from npu_retu.config import Config, dump_config
+from npu_retu.errors import UserError
+from npu_retu.report.metrics import write_json_atomic
+
+Say = Callable[..., None]
+
+
+def stage_config(cfg: Config, root: Path, name: str, **sections: dict[str, Any]) -> Config:
+    """``cfg`` with its run folder at ``root/name`` and ``sections`` ({section: {field: value}}) replaced."""
+    out = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(root), name=name))
+    for section, values in sections.items():
+        current = getattr(out, section)
+        nested = {}
+        for key, value in values.items():
+            if isinstance(value, dict):  # one level deeper, e.g. rl={"algo": {"max_draws": 2}}
+                nested[key] = dataclasses.replace(getattr(current, key), **value)
+            else:
+                nested[key] = value
+        out = dataclasses.replace(out, **{section: dataclasses.replace(current, **nested)})
+    out.validate()
+    return out
+
+
+def read_done(folder: Path) -> dict[str, Any] | None:
+    path = folder / "done.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({exc}); delete it to rerun that stage") from exc
+
+
+def sft_stage(cfg: Config, root: Path, name: str, *, train_file: str, steps: int, every: int, say: Say,
+              quiet: bool = False) -> dict[str, Any]:
+    """An SFT run with the phase monitor at ``root/name`` (or its saved result when it already finished):
+    ``steps`` steps on ``train_file``, a validation loss and a checkpoint every ``every`` steps, the
+    whole budget trained (the offline labels of the full curve pick the checkpoint).
+
+    Returns ``{run_dir, steps, flops, picked_step, picked_checkpoint, min_val_loss, min_val_step,
+    stopped_early}`` plus the labelled curve from ``phases.json``.
+    """
+    from npu_retu.trainer.sft import train_sft
+
+    cfg = stage_config(cfg, root, name, data={"train_files": [train_file]},
+                       sft={"max_steps": steps, "save_every": every, "eval_every": every}, monitor={"stop_on_decision": False})
+    folder = root / name
+    done = read_done(folder)
+    if done is not None:
+        say(f"[{name}] SFT finished earlier: {done['steps']} steps, min validation loss {done['min_val_loss']:.4f} at step {done['min_val_step']}")
+        return done
+    resume = (folder / "checkpoints").is_dir()
+    say(f"[{name}] SFT on {', '.join(cfg.data.train_files)} for up to {cfg.sft.max_steps} steps" + (" (resuming)" if resume else ""))
+    t0 = time.perf_counter()
+    result = train_sft(cfg, resume=resume, overwrite=not resume, quiet=quiet)
+    phases = json.loads((folder / "phases.json").read_text(encoding="utf-8"))
+    done = {
+        "run_dir": str(folder),
+        "steps": result.steps,
+        "flops": result.flops,
+        "picked_step": result.picked_step,
+        "picked_checkpoint": str(result.picked_checkpoint) if result.picked_checkpoint else None,
+        "min_val_loss": phases["L_min"],
+        "min_val_step": phases["L_min_step"],
+        "stopped_early": result.steps < cfg.sft.max_steps,
+        "seconds": time.perf_counter() - t0,
+        "curve": {k: phases[k] for k in ("steps", "flops", "losses", "phases", "has_checkpoint")},
+    }
+    write_json_atomic(folder / "done.json", done)
+    say(f"[{name}] SFT done: {done['steps']} steps in {done['seconds']:.0f} s; min validation loss {done['min_val_loss']:.4f} at step {done['min_val_step']}")
+    return done
+
+
+def checkpoint_path(sft_done: dict[str, Any], step: int) -> Path:
+    path = Path(sft_done["run_dir"]) / "checkpoints" / f"step-{step:06d}"
+    if not path.is_dir():
+        raise UserError(f"{path}: no such checkpoint (sft.save_every must divide the branch steps)")
+    return path
+
+
+def evaluate_checkpoints(cfg: Config, root: Path, name: str, sft_done: dict[str, Any], steps: list[int], *, say: Say) -> list[dict[str, Any]]:
+    """Score SFT checkpoints on ``cfg.eval`` exactly as an RL run scores its step 0 (same problems,
+    sampling and seed): the Pure-SFT curve, one point ``{step, flops, avg_at_n, ...}`` per checkpoint.
+    """
+    from npu_retu.eval.runner import evaluate
+    from npu_retu.modeling import load_model, load_tokenizer
+    from npu_retu.reward import make_reward
+    from npu_retu.rollout import TransformersRollout
+    from npu_retu.trainer.rl import load_eval_examples
+    from npu_retu.data.errors import BadRowCounter
+
+    folder = root / name
+    curve = sft_done["curve"]
+    flops_at = dict(zip(curve["steps"], curve["flops"]))
+    points, todo = [], []
+    for step in steps:
+        path = folder / f"step-{step:06d}.json"
+        if path.is_file():
+            points.append(json.loads(path.read_text(encoding="utf-8")))
+        else:
+            todo.append(step)
+    if todo:
+        e = cfg.eval
+        examples = load_eval_examples(cfg, BadRowCounter())
+        if not examples:
+            raise UserError("eval.files is empty: the experiments need held-out problems to score")
+        with make_reward(cfg.rl.reward.name, num_workers=cfg.rl.reward.num_workers, timeout_s=cfg.rl.reward.timeout_s) as reward:
+            for step in todo:
+                t0 = time.perf_counter()
+                model_dir = checkpoint_path(sft_done, step)
+                tokenizer = load_tokenizer(str(model_dir))
+                model = load_model(str(model_dir), cfg.model.dtype, cfg.model.attn_implementation)
+                rollout = TransformersRollout(model, tokenizer, batch_size=cfg.rl.rollout.batch_size)
+                result = evaluate(
+                    rollout, tokenizer, examples, reward.score, n=e.n, temperature=e.temperature, top_p=e.top_p,
+                    max_new_tokens=e.max_new_tokens or cfg.rl.max_response_length, seed=e.seed, ks=tuple(e.ks),
+                )
+                point = {"step": step, "flops": flops_at[step], "checkpoint": str(model_dir), **result.to_dict(),
+                         "seconds": time.perf_counter() - t0}
+                write_json_atomic(folder / f"step-{step:06d}.json", point)
+                points.append(point)
+                say(f"[{name}] SFT step {step}: {result.summary()}")
+    points.sort(key=lambda p: p["step"])
+    return [{k: v for k, v in p.items() if k != "scores"} for p in points]
+
+
+def rl_stage(cfg: Config, root: Path, name: str, model_path: str | Path, *, say: Say, quiet: bool = False,
+             **rl_fields: Any) -> dict[str, Any]:
+    """An RL run at ``root/name`` from ``model_path`` (or its saved result when it already finished).
+
+    ``rl_fields`` replace fields of ``cfg.rl`` (``max_steps``, ``max_flops``, ``eval_every``, ...).
+    Returns ``{run_dir, model_path, steps, flops, evals, seconds}``.
+    """
+    from npu_retu.trainer.rl import train_rl
+
+    folder = root / name
+    done = read_done(folder)
+    if done is not None:
+        say(f"[{name}] RL finished earlier: {done['steps']} steps")
+        return done
+    run_cfg = stage_config(cfg, root, name, rl=rl_fields)
+    run_cfg = dataclasses.replace(run_cfg, model=dataclasses.replace(run_cfg.model, path=str(model_path), tokenizer=None))
+    resume = (folder / "checkpoints").is_dir()
+    say(f"[{name}] RL ({run_cfg.rl.algorithm}) from {model_path}" + (" (resuming)" if resume else ""))
+    t0 = time.perf_counter()
+    result = train_rl(run_cfg, resume=resume, overwrite=not resume, quiet=quiet)
+    done = {
+        "run_dir": str(folder),
+        "model_path": str(model_path),
+        "steps": result.steps,
+        "flops": result.flops,
+        "evals": result.evals,
+        "seconds": time.perf_counter() - t0,
+    }
+    write_json_atomic(folder / "done.json", done)
+    first, last = result.evals[0], result.evals[-1]
+    say(f"[{name}] RL done: {result.steps} steps in {done['seconds']:.0f} s; score {100 * first['avg_at_n']:.1f}% -> {100 * last['avg_at_n']:.1f}%")
+    return done
+
+
+def branch_of(rl_done: dict[str, Any], *, name: str, dataset: str, sft_done: dict[str, Any] | None, sft_step: int):
+    """The :class:`~npu_retu.ceiling.tables.Branch` of one RL run (scores in percent)."""
+    from npu_retu.ceiling.tables import Branch
+
+    sub_phase = None
+    sft_flops = 0.0
+    if sft_done is not None:
+        curve = sft_done["curve"]
+        index = curve["steps"].index(sft_step)
+        sub_phase, sft_flops = curve["phases"][index], float(curve["flops"][index])
+    evals = rl_done["evals"]
+    return Branch(
+        name=name,
+        dataset=dataset,
+        sft_step=sft_step,
+        sft_flops=sft_flops,
+        sub_phase=sub_phase,
+        min_val_loss=None if sft_done is None else float(sft_done["min_val_loss"]),
+        rl_flops=[float(e["flops"]) for e in evals],
+        scores=[100 * float(e["avg_at_n"]) for e in evals],
+        score_stderr=[100 * float(e["avg_at_n_stderr"]) for e in evals],
+    )
+
+
+def phase_spans(sft_done: dict[str, Any]) -> list[tuple[float, float, str]]:
+    """(x_start, x_end, sub-phase) over SFT compute: each validation point's span runs from the
+    previous point to it, merged while the sub-phase stays the same."""
+    curve = sft_done["curve"]
+    spans: list[tuple[float, float, str]] = []
+    previous = 0.0
+    for flops, phase in zip(curve["flops"], curve["phases"]):
+        if spans and spans[-1][2] == phase:
+            spans[-1] = (spans[-1][0], flops, phase)
+        else:
+            spans.append((previous, flops, phase))
+        previous = flops
+    return spans
+
+
+def command_line() -> str:
+    """The command that is running, as a user would type it."""
+    args = [Path(sys.argv[0]).name] + sys.argv[1:]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def environment_line() -> str:
+    import platform
+
+    import torch
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def fmt_pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def save_config(cfg: Config, root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, root / "base_config.yaml")

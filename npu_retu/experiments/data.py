@@ -1,0 +1,185 @@
+"""``npu-retu experiment data``: which expert trajectories to use (paper §6.2.2, Fig. 4-5, Table 1).
+
+SFT data sets that differ in scale (Uniform at several sizes) and in difficulty (Easy / Uniform /
+Hard at one size) are each trained for the same number of steps with the phase monitor watching,
+and RL runs from each run's minimum-validation-loss checkpoint (the monitor's Stable pick, as the
+paper does for Llama3.2-3B in RQ3). A run whose minimum is its last validation point was still
+improving when its steps ran out; the report says so. Each RL branch is fitted with Eq. 12. The paper's findings:
+larger scale gives a higher ceiling A_post ("less is more" does not carry over to SFT-then-RL),
+harder trajectories raise it further, and the minimum SFT validation loss predicts A_post
+(Pearson r = -0.90 on Qwen2.5-7B, Fig. 5a).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from npu_retu.config import Config
+from npu_retu.experiments import common
+from npu_retu.experiments.report import Finding, findings_section, header, intervals_overlap, table_section
+
+
+@dataclass
+class DataSettings:
+    scale: tuple[str, ...] = ("uniform-500", "uniform-2k")  # smallest to largest
+    difficulty: tuple[str, ...] = ("uniform-2k", "hard-2k")  # easiest to hardest, one size
+    sft_steps: int = 240
+    eval_every: int = 20  # SFT validation loss and checkpoint interval
+    rl_steps: int = 20
+    rl_eval_every: int = 4
+    variants: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.variants = list(dict.fromkeys(self.scale + self.difficulty))
+
+
+def run_data(cfg: Config, out: Path, settings: DataSettings, *, say=print, quiet: bool = True) -> Path:
+    from npu_retu.ceiling.tables import min_loss_correlation, plasticity_rows, rows_to_json, write_csv
+    from npu_retu.report.metrics import write_json_atomic
+    from npu_retu.report.plots import plot_min_loss_correlation, plot_plasticity
+
+    t_start = time.perf_counter()
+    runs = out / "runs"
+    common.save_config(cfg, out)
+    seconds: dict[str, float] = {}
+    sft_runs: dict[str, dict[str, Any]] = {}
+    branches = []
+    for variant in settings.variants:
+        t0 = time.perf_counter()
+        sft = common.sft_stage(cfg, runs, f"sft-{variant}", train_file=f"embedded:sft-{variant}", steps=settings.sft_steps,
+                               every=settings.eval_every, say=say, quiet=quiet)
+        sft_runs[variant] = sft
+        pick = sft["picked_step"]
+        if pick is None:
+            raise common.UserError(f"the phase monitor picked no checkpoint in {sft['run_dir']}")
+        rl = common.rl_stage(
+            cfg, runs, f"rl-{variant}", common.checkpoint_path(sft, pick), say=say, quiet=quiet,
+            max_steps=settings.rl_steps, eval_every=settings.rl_eval_every, save_every=settings.rl_steps,
+        )
+        branches.append(common.branch_of(rl, name=variant, dataset=variant, sft_done=sft, sft_step=pick))
+        seconds[variant] = time.perf_counter() - t0
+
+    rows = plasticity_rows(branches)
+    correlation = min_loss_correlation(rows)
+    write_csv(rows, out / "plasticity.csv")
+    write_json_atomic(out / "results.json", {
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
+        "sft": {v: {k: x for k, x in s.items()} for v, s in sft_runs.items()},
+        "rows": rows_to_json(rows),
+        "correlation": correlation,
+    })
+    plot_plasticity(out / "branches.png", branches=branches, fits=[row.fit for row in rows],
+                    title="RL from each data set's minimum-loss SFT checkpoint")
+    plot_min_loss_correlation(correlation, out / "min_loss_vs_ceiling.png")
+    findings = data_findings(rows, settings, correlation)
+    report = _report(out, cfg, settings, sft_runs, rows, correlation, findings, time.perf_counter() - t_start, seconds)
+    say(f"report: {report}")
+    return report
+
+
+def _ordered(rows: list[Any], names: tuple[str, ...]) -> list[Any]:
+    by_name = {row.dataset: row for row in rows}
+    return [by_name[n] for n in names if n in by_name]
+
+
+def _monotone_verdict(rows: list[Any], claim: str) -> Finding:
+    """Whether A_post rises along ``rows`` (ordered), telling apart a clear rise from overlapping intervals."""
+    a = [row.A_post for row in rows]
+    evidence = ", ".join(f"{row.dataset}: A_post {row.A_post:.1f} (CI {_ci(row.a_ci)}), P_sft {row.P_sft:.1f}, PL_rl {row.PL_rl:.1f}" for row in rows)
+    if len(rows) < 2 or any(x != x for x in a):
+        return Finding(claim, None, evidence + " (a fit is missing)")
+    rising = all(x < y for x, y in zip(a, a[1:]))
+    ends_rise = a[-1] > a[0]
+    separated = not intervals_overlap(rows[0].a_ci, rows[-1].a_ci)
+    if rising and separated:
+        return Finding(claim, True, evidence)
+    if not ends_rise and separated:
+        return Finding(claim, False, evidence)
+    note = "the ceilings do not rise in order" if not rising else "they rise in order, but the end points' 95% intervals overlap"
+    return Finding(claim, None if ends_rise or not separated else False, evidence + f"; {note}")
+
+
+def data_findings(rows: list[Any], settings: DataSettings, correlation: dict[str, Any]) -> list[Finding]:
+    findings = [
+        _monotone_verdict(_ordered(rows, settings.scale), "more SFT data (scale) gives a higher post-training ceiling A_post"),
+        _monotone_verdict(_ordered(rows, settings.difficulty), "harder trajectories give a higher ceiling A_post at the same scale"),
+    ]
+    r = correlation.get("r")
+    if r is None:
+        findings.append(Finding("a lower minimum SFT validation loss predicts a higher ceiling", None, correlation.get("reason", "r undefined")))
+    else:
+        p = correlation.get("p_value")
+        findings.append(Finding(
+            "a lower minimum SFT validation loss predicts a higher ceiling (paper: Pearson r = -0.90)",
+            True if r <= -0.7 else (False if r >= 0 else None),
+            f"Pearson r = {r:.2f} over {correlation.get('n')} data sets" + (f" (p = {p:.3f})" if p is not None else "")
+            + "; strong (r <= -0.7) counts as held, r >= 0 as not held, in between as inconclusive",
+        ))
+    return findings
+
+
+def max_score_correlation(correlation: dict[str, Any]) -> float | None:
+    """Pearson r between the minimum validation loss and the best observed score (Table 1's max P_post)."""
+    datasets = correlation.get("datasets", [])
+    losses = [d["min_val_loss"] for d in datasets]
+    best = [d["best_max_P_post"] for d in datasets]
+    if len(datasets) < 3 or len(set(losses)) < 2 or len(set(best)) < 2:
+        return None
+    from scipy.stats import pearsonr
+
+    return float(pearsonr(losses, best)[0])
+
+
+def _ci(ci) -> str:
+    return "n/a" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}"
+
+
+def _report(out, cfg, settings, sft_runs, rows, correlation, findings, wall, seconds) -> Path:
+    from npu_retu.embedded import parse_size
+
+    e = cfg.eval
+    lines = header("Experiment: SFT data scale and difficulty (paper §6.2.2)", common.command_line(), common.environment_line(), wall, seconds)
+    lines += [
+        "## Setup (miniature)",
+        "",
+        f"* SFT data: embedded synthetic trajectories; scale {', '.join(settings.scale)}; difficulty {', '.join(settings.difficulty)} "
+        "(easy: 1-3 steps, uniform: 1-6, hard: 4-6). Validation on `embedded:sft-val` (uniform difficulty, the same for every run).",
+        f"* Each SFT run: batch {cfg.sft.global_batch_size}, lr {cfg.optim.lr}, validation and checkpoint every {settings.eval_every} steps; "
+        f"{settings.sft_steps} steps each. RL starts from the run's minimum-validation-loss checkpoint.",
+        f"* RL: {cfg.rl.algorithm} on `{', '.join(cfg.rl.train_files)}`, {settings.rl_steps} steps per branch, evaluated every {settings.rl_eval_every}.",
+        f"* Score: avg@{e.n} on the first {e.max_problems or 'all'} problems of `{', '.join(e.files)}` (T={e.temperature}, top-p {e.top_p}, "
+        f"max {e.max_new_tokens or cfg.rl.max_response_length} new tokens, seed {e.seed}), in percent.",
+        "* Fits: Eq. 12 per branch, first 85% of points fit, modified z-score (tau 3.5) then LTS (alpha 0.85), 95% bootstrap interval.",
+        "* Smaller than the paper: sizes of hundreds to thousands instead of 1K-889K; a few RL steps instead of hundreds.",
+        "",
+        "## SFT runs",
+        "",
+        "| data | steps | epochs | min val loss | at step | still improving at the end? | RL starts at |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for variant, sft in sft_runs.items():
+        size = parse_size(variant.rsplit("-", 1)[-1])
+        epochs = sft["steps"] * cfg.sft.global_batch_size / size
+        improving = "yes (minimum at the last point)" if sft["min_val_step"] == sft["curve"]["steps"][-1] else "no"
+        lines.append(f"| {variant} | {sft['steps']} | {epochs:.1f} | {sft['min_val_loss']:.4f} | {sft['min_val_step']} | {improving} | {sft['picked_step']} |")
+    lines += ["", "## RL from each minimum-loss checkpoint (cf. Table 4)", ""]
+    lines += table_section(rows)
+    lines += ["![branches](branches.png)", "", "## Minimum validation loss vs ceiling (cf. Fig. 5a)", ""]
+    if correlation.get("r") is not None:
+        lines.append(f"Pearson r (min validation loss, A_post) = {correlation['r']:.3f} over {correlation['n']} data sets "
+                     f"(p = {correlation['p_value']:.3f}).")
+        r_max = max_score_correlation(correlation)
+        if r_max is not None:
+            lines.append(f"With the best observed score (max P_post, the paper's Table 1 metric) instead of A_post: r = {r_max:.3f}.")
+    else:
+        lines.append(f"Pearson r not computed: {correlation.get('reason')}")
+    lines += ["", "| data | min val loss | best A_post | max P_post |", "|---|---:|---:|---:|"]
+    for d in correlation.get("datasets", []):
+        lines.append(f"| {d['dataset']} | {d['min_val_loss']:.4f} | {d['best_A_post']:.1f} | {d['best_max_P_post']:.1f} |")
+    lines += ["", "![min loss vs ceiling](min_loss_vs_ceiling.png)", ""]
+    lines += findings_section(findings)
+    lines += ["Files: `plasticity.csv`, `results.json` (every number above), `runs/` (the runs themselves; not committed).", ""]
+    return common.write_text_atomic(out / "report.md", "\n".join(lines))

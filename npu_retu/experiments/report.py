@@ -1,0 +1,55 @@
+"""What the experiment reports share: a finding with its verdict, and the report's fixed sections."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Finding:
+    """One of the paper's findings, checked in miniature.
+
+    ``held`` is True (it held), False (it did not) or None (the data cannot tell, e.g. the
+    difference is inside the bootstrap intervals); ``evidence`` gives the numbers it rests on.
+    """
+
+    claim: str
+    held: bool | None
+    evidence: str
+
+    def markdown(self) -> str:
+        verdict = {True: "held", False: "did not hold", None: "inconclusive"}[self.held]
+        return f"* **{verdict}**: {self.claim}\n  {self.evidence}"
+
+
+def intervals_overlap(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool | None:
+    if a is None or b is None:
+        return None
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def header(title: str, command: str, environment: str, wall_seconds: float, stage_seconds: dict[str, float]) -> list[str]:
+    lines = [
+        f"# {title}",
+        "",
+        f"Produced by `{command}` on {datetime.date.today().isoformat()} ({environment}).",
+        f"Wall time of the stages that ran: {wall_seconds / 60:.1f} min"
+        + (f" ({', '.join(f'{k} {v / 60:.1f}' for k, v in stage_seconds.items())} min)" if stage_seconds else "")
+        + ".",
+        "",
+    ]
+    return lines
+
+
+def findings_section(findings: list[Finding]) -> list[str]:
+    lines = ["## Did the paper's findings hold in miniature?", ""]
+    lines += [f.markdown() for f in findings]
+    return lines + [""]
+
+
+def table_section(rows: list[Any]) -> list[str]:
+    from npu_retu.ceiling.tables import format_markdown
+
+    return [format_markdown(rows), ""]

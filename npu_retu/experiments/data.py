@@ -12,14 +12,13 @@ harder trajectories raise it further, and the minimum SFT validation loss predic
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from npu_retu.config import Config
 from npu_retu.experiments import common
-from npu_retu.experiments.report import Finding, findings_section, header, intervals_overlap, table_section
+from npu_retu.experiments.report import Finding, findings_section, header, intervals_overlap, stage_seconds, table_section
 
 
 @dataclass
@@ -41,14 +40,12 @@ def run_data(cfg: Config, out: Path, settings: DataSettings, *, say=print, quiet
     from npu_retu.report.metrics import write_json_atomic
     from npu_retu.report.plots import plot_min_loss_correlation, plot_plasticity
 
-    t_start = time.perf_counter()
     runs = out / "runs"
     common.save_config(cfg, out)
     seconds: dict[str, float] = {}
     sft_runs: dict[str, dict[str, Any]] = {}
     branches = []
     for variant in settings.variants:
-        t0 = time.perf_counter()
         sft = common.sft_stage(cfg, runs, f"sft-{variant}", train_file=f"embedded:sft-{variant}", steps=settings.sft_steps,
                                every=settings.eval_every, say=say, quiet=quiet)
         sft_runs[variant] = sft
@@ -60,7 +57,7 @@ def run_data(cfg: Config, out: Path, settings: DataSettings, *, say=print, quiet
             max_steps=settings.rl_steps, eval_every=settings.rl_eval_every, save_every=settings.rl_steps,
         )
         branches.append(common.branch_of(rl, name=variant, dataset=variant, sft_done=sft, sft_step=pick))
-        seconds[variant] = time.perf_counter() - t0
+        seconds[variant] = stage_seconds(sft) + stage_seconds(rl)
 
     rows = plasticity_rows(branches)
     correlation = min_loss_correlation(rows)
@@ -75,7 +72,7 @@ def run_data(cfg: Config, out: Path, settings: DataSettings, *, say=print, quiet
                     title="RL from each data set's minimum-loss SFT checkpoint")
     plot_min_loss_correlation(correlation, out / "min_loss_vs_ceiling.png")
     findings = data_findings(rows, settings, correlation)
-    report = _report(out, cfg, settings, sft_runs, rows, correlation, findings, time.perf_counter() - t_start, seconds)
+    report = _report(out, cfg, settings, sft_runs, rows, correlation, findings, seconds)
     say(f"report: {report}")
     return report
 
@@ -137,11 +134,11 @@ def _ci(ci) -> str:
     return "n/a" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}"
 
 
-def _report(out, cfg, settings, sft_runs, rows, correlation, findings, wall, seconds) -> Path:
+def _report(out, cfg, settings, sft_runs, rows, correlation, findings, seconds) -> Path:
     from npu_retu.embedded import parse_size
 
     e = cfg.eval
-    lines = header("Experiment: SFT data scale and difficulty (paper §6.2.2)", common.command_line(), common.environment_line(), wall, seconds)
+    lines = header("Experiment: SFT data scale and difficulty (paper §6.2.2)", common.command_line(), common.environment_line(), seconds)
     lines += [
         "## Setup (miniature)",
         "",

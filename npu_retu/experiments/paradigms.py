@@ -16,14 +16,13 @@ npu-retu yet and is left out.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from npu_retu.config import Config
 from npu_retu.experiments import common
-from npu_retu.experiments.report import Finding, findings_section, header, intervals_overlap, table_section
+from npu_retu.experiments.report import Finding, findings_section, header, intervals_overlap, stage_seconds, table_section
 
 
 @dataclass
@@ -43,16 +42,14 @@ def run_paradigms(cfg: Config, out: Path, settings: ParadigmSettings, *, say=pri
     from npu_retu.report.metrics import write_json_atomic
     from npu_retu.report.plots import plot_plasticity
 
-    t_start = time.perf_counter()
     runs = out / "runs"
     common.save_config(cfg, out)
     seconds: dict[str, float] = {}
 
     # Pure-SFT: one SFT run of the whole budget; the monitor's pick is SFT-then-RL's switch point
-    t0 = time.perf_counter()
     sft = common.sft_stage(cfg, runs, "sft", train_file=settings.sft_data, steps=settings.sft_steps, every=settings.save_every,
                            say=say, quiet=quiet)
-    seconds["SFT"] = time.perf_counter() - t0
+    seconds["SFT"] = stage_seconds(sft)
     budget = float(sft["flops"])
     pick = settings.switch_step or sft["picked_step"]
     if pick is None:
@@ -67,27 +64,24 @@ def run_paradigms(cfg: Config, out: Path, settings: ParadigmSettings, *, say=pri
         )
     say(f"compute budget C = {budget:.4g} FLOPs; SFT-then-RL switches at step {pick} (x_sft = {x_sft:.4g})")
 
-    t0 = time.perf_counter()
     sft_points = common.evaluate_checkpoints(cfg, runs, "sft-eval", sft, [s for s in sft["curve"]["steps"] if s % settings.save_every == 0], say=say)
-    seconds["SFT checkpoint evaluation"] = time.perf_counter() - t0
+    seconds["SFT checkpoint evaluation"] = stage_seconds(sft_points)
 
     # RL runs end on their compute budget; eval_every spreads rl_eval_points evaluations over the
     # expected number of steps (measured RL steps cost ~ rl_step_estimate FLOPs each)
-    t0 = time.perf_counter()
     sft_rl_budget = budget - x_sft
     sft_rl = common.rl_stage(
         cfg, runs, "sft-then-rl", common.checkpoint_path(sft, pick), say=say, quiet=quiet,
         max_steps=settings.sft_rl_steps_cap, max_flops=sft_rl_budget,
         eval_every=_eval_every(cfg, sft_rl_budget, settings.rl_eval_points), save_every=20,
     )
-    seconds["SFT-then-RL (RL part)"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    seconds["SFT-then-RL (RL part)"] = stage_seconds(sft_rl)
     pure_rl = common.rl_stage(
         cfg, runs, "pure-rl", cfg.model.path, say=say, quiet=quiet,
         max_steps=settings.pure_rl_steps_cap, max_flops=budget,
         eval_every=_eval_every(cfg, budget, settings.rl_eval_points), save_every=20,
     )
-    seconds["Pure-RL"] = time.perf_counter() - t0
+    seconds["Pure-RL"] = stage_seconds(pure_rl)
 
     data_name = settings.sft_data.replace("embedded:", "")
     branches = [
@@ -130,7 +124,7 @@ def run_paradigms(cfg: Config, out: Path, settings: ParadigmSettings, *, say=pri
     )
     findings = paradigm_findings(summary)
     report = _report(out, cfg, settings, sft, pick, x_sft, budget, sft_points, rows, summary, pure_sft_fit, pure_sft_error,
-                     findings, time.perf_counter() - t_start, seconds)
+                     findings, seconds)
     say(f"report: {report}")
     return report
 
@@ -226,10 +220,10 @@ def _ci(ci) -> str:
 
 
 def _report(out, cfg, settings, sft, pick, x_sft, budget, sft_points, rows, summary, pure_sft_fit, pure_sft_error,
-            findings, wall, seconds) -> Path:
+            findings, seconds) -> Path:
     e = cfg.eval
     lines = header("Experiment: post-training paradigms at matched compute (paper §6.1)", common.command_line(),
-                   common.environment_line(), wall, seconds)
+                   common.environment_line(), seconds)
     lines += [
         "## Setup (miniature)",
         "",

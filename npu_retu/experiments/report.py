@@ -30,17 +30,25 @@ def intervals_overlap(a: tuple[float, float] | None, b: tuple[float, float] | No
     return a[0] <= b[1] and b[0] <= a[1]
 
 
-def header(title: str, command: str, environment: str, wall_seconds: float, stage_seconds: dict[str, float]) -> list[str]:
+def header(title: str, command: str, environment: str, stage_seconds: dict[str, float]) -> list[str]:
+    """Title, the command, the machine, and the time of each stage as the stage itself recorded it
+    (so a stage finished by an earlier, interrupted invocation still counts)."""
+    total = sum(stage_seconds.values())
     lines = [
         f"# {title}",
         "",
         f"Produced by `{command}` on {datetime.date.today().isoformat()} ({environment}).",
-        f"Wall time of the stages that ran: {wall_seconds / 60:.1f} min"
-        + (f" ({', '.join(f'{k} {v / 60:.1f}' for k, v in stage_seconds.items())} min)" if stage_seconds else "")
-        + ".",
+        f"Time: {total / 60:.1f} min in all ({', '.join(f'{k} {v / 60:.1f}' for k, v in stage_seconds.items())} min).",
         "",
     ]
     return lines
+
+
+def stage_seconds(done: dict | list) -> float:
+    """Seconds a stage recorded: a stage's ``done.json``, or the sum over evaluation points."""
+    if isinstance(done, list):
+        return float(sum(point.get("seconds", 0.0) for point in done))
+    return float(done.get("seconds", 0.0))
 
 
 def findings_section(findings: list[Finding]) -> list[str]:

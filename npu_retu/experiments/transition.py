@@ -10,14 +10,13 @@ gives the highest ceiling A_post.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from npu_retu.config import Config
 from npu_retu.experiments import common
-from npu_retu.experiments.report import Finding, findings_section, header, intervals_overlap, table_section
+from npu_retu.experiments.report import Finding, findings_section, header, intervals_overlap, stage_seconds, table_section
 
 SUB_PHASES = ("adaptive", "stable", "mild", "severe")
 
@@ -67,26 +66,23 @@ def run_transition(cfg: Config, out: Path, settings: TransitionSettings, *, say=
     from npu_retu.ceiling.tables import plasticity_rows, rows_to_json, write_csv
     from npu_retu.report.metrics import write_json_atomic
 
-    t_start = time.perf_counter()
     runs = out / "runs"
     common.save_config(cfg, out)
     seconds: dict[str, float] = {}
 
-    t0 = time.perf_counter()
     sft = common.sft_stage(cfg, runs, "sft", train_file=settings.sft_data, steps=settings.sft_steps, every=settings.save_every,
                            say=say, quiet=quiet)
-    seconds["SFT"] = time.perf_counter() - t0
+    seconds["SFT"] = stage_seconds(sft)
 
     branch_steps = choose_branch_steps(sft, settings.phases)
     say("branch checkpoints: " + ", ".join(f"{p} -> {s if s is not None else 'none'}" for p, s in branch_steps.items()))
 
-    t0 = time.perf_counter()
     curve_steps = sorted({s for s in sft["curve"]["steps"] if s % settings.sft_curve_every == 0} | {s for s in branch_steps.values() if s})
     sft_curve = common.evaluate_checkpoints(cfg, runs, "sft-eval", sft, curve_steps, say=say)
-    seconds["SFT checkpoint evaluation"] = time.perf_counter() - t0
+    seconds["SFT checkpoint evaluation"] = stage_seconds(sft_curve)
 
     branches = []
-    t0 = time.perf_counter()
+    seconds["RL branches"] = 0.0
     for phase, step in branch_steps.items():
         if step is None:
             continue
@@ -94,8 +90,8 @@ def run_transition(cfg: Config, out: Path, settings: TransitionSettings, *, say=
             cfg, runs, f"rl-{phase}-step{step}", common.checkpoint_path(sft, step), say=say, quiet=quiet,
             max_steps=settings.rl_steps, eval_every=settings.eval_every, save_every=settings.rl_steps,
         )
+        seconds["RL branches"] += stage_seconds(rl)
         branches.append(common.branch_of(rl, name=f"{phase} (step {step})", dataset=settings.sft_data.replace("embedded:", ""), sft_done=sft, sft_step=step))
-    seconds["RL branches"] = time.perf_counter() - t0
 
     rows = plasticity_rows(branches)
     write_csv(rows, out / "plasticity.csv")
@@ -108,7 +104,7 @@ def run_transition(cfg: Config, out: Path, settings: TransitionSettings, *, say=
     })
     _plots(out, sft, sft_curve, branches, rows)
     findings = transition_findings(rows, branch_steps)
-    report = _report(out, cfg, settings, sft, sft_curve, rows, branch_steps, findings, time.perf_counter() - t_start, seconds)
+    report = _report(out, cfg, settings, sft, sft_curve, rows, branch_steps, findings, seconds)
     say(f"report: {report}")
     return report
 
@@ -189,14 +185,14 @@ def _plots(out: Path, sft: dict[str, Any], sft_curve: list[dict], branches: list
     )
 
 
-def _report(out, cfg, settings, sft, sft_curve, rows, branch_steps, findings, wall, seconds) -> Path:
+def _report(out, cfg, settings, sft, sft_curve, rows, branch_steps, findings, seconds) -> Path:
     from npu_retu.commands.phases import format_phase_table
     from npu_retu.monitor.phases import build_report
 
     curve = sft["curve"]
     phase_report = build_report(curve["steps"], curve["flops"], curve["losses"], curve["has_checkpoint"])
     e = cfg.eval
-    lines = header("Experiment: when to switch from SFT to RL (paper §6.2.1)", common.command_line(), common.environment_line(), wall, seconds)
+    lines = header("Experiment: when to switch from SFT to RL (paper §6.2.1)", common.command_line(), common.environment_line(), seconds)
     lines += [
         "## Setup (miniature)",
         "",

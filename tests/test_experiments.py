@@ -68,6 +68,12 @@ def test_transition_findings_verdicts():
         "more SFT (Stable/Mild rather than Adaptive) gives a higher starting score P_sft": True,
         "training on into Severe overfitting lowers the ceiling compared with switching at Stable/Mild": True,
     }
+    # Severe above Stable/Mild but inside its interval: inconclusive, not "did not hold"
+    rows[3] = row("d", 76, (74, 78), 50, "severe")
+    assert transition_findings(rows, steps)[2].held is None
+    rows[3] = row("d", 80, (79, 81), 50, "severe")
+    assert transition_findings(rows, steps)[2].held is False
+    rows[3] = row("d", 64, (62, 66), 50, "severe")
     # the adaptive branch on top and clearly separated: the finding did not hold
     rows[0] = row("d", 90, (88, 92), 40, "adaptive")
     first = transition_findings(rows, steps)[0]

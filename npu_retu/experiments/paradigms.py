@@ -101,6 +101,7 @@ def run_paradigms(cfg: Config, out: Path, settings: ParadigmSettings, *, say=pri
         pure_sft_fit, pure_sft_error = None, str(exc)
 
     summary = _summary(branches, rows, sft_x, sft_y, pure_sft_fit, budget)
+    summary["end_vs_pure_sft"] = end_of_budget_difference(runs, sft, sft_rl)
     write_csv(rows, out / "plasticity.csv")
     write_json_atomic(out / "results.json", {
         "settings": settings.__dict__,
@@ -179,6 +180,21 @@ def _summary(branches, rows, sft_x, sft_y, pure_sft_fit, budget) -> dict[str, An
     return out
 
 
+def end_of_budget_difference(runs: Path, sft: dict[str, Any], sft_rl: dict[str, Any]) -> dict[str, float]:
+    """SFT-then-RL's last evaluation minus Pure-SFT's (the SFT run's last checkpoint), paired over
+    the same held-out problems: ``{difference, stderr}`` in points."""
+    import json
+
+    from npu_retu.eval.metrics import paired_difference
+
+    last_sft = runs / "sft-eval" / f"step-{sft['steps']:06d}.json"
+    last_rl = Path(sft_rl["run_dir"]) / "eval" / f"step-{sft_rl['steps']:06d}.json"
+    a = json.loads(last_rl.read_text(encoding="utf-8"))["scores"]
+    b = json.loads(last_sft.read_text(encoding="utf-8"))["scores"]
+    difference, stderr = paired_difference(a, b)
+    return {"difference": 100 * difference, "stderr": 100 * stderr}
+
+
 def paradigm_findings(summary: dict[str, Any]) -> list[Finding]:
     s_rl, p_rl, p_sft = summary["SFT-then-RL"], summary["Pure-RL"], summary["Pure-SFT"]
     findings = []
@@ -201,18 +217,29 @@ def paradigm_findings(summary: dict[str, Any]) -> list[Finding]:
 
     finals = {k: v["final"] for k, v in (("SFT-then-RL", s_rl), ("Pure-SFT", p_sft), ("Pure-RL", p_rl))}
     best_final = max(finals, key=finals.get)
-    findings.append(Finding(
-        "at the matched compute budget, SFT-then-RL scores highest",
-        best_final == "SFT-then-RL",
-        "score at the end of the budget: " + ", ".join(f"{k} {v:.1f}" for k, v in finals.items())
-        + (f" (SFT-then-RL ± {s_rl['final_stderr']:.1f} s.e.)" if s_rl["final_stderr"] else ""),
-    ))
+    held_final: bool | None = best_final == "SFT-then-RL"
+    evidence = "score at the end of the budget: " + ", ".join(f"{k} {v:.1f}" for k, v in finals.items())
+    paired = summary.get("end_vs_pure_sft")
+    if paired:
+        z = paired["difference"] / paired["stderr"] if paired["stderr"] > 0 else float("inf")
+        evidence += (f"; SFT-then-RL minus Pure-SFT, paired over the same problems: {paired['difference']:+.1f} points, "
+                     f"standard error {paired['stderr']:.1f} ({z:.1f} s.e.)")
+        if abs(z) < 2:  # within two standard errors: cannot tell the two apart
+            held_final = None
+    findings.append(Finding("at the matched compute budget, SFT-then-RL scores highest", held_final, evidence))
     findings.append(Finding(
         "RL on top of SFT adds to the SFT score (positive RL plasticity PL_rl = A_post - P_sft)",
         (s_rl["A"] - s_rl["start"]) > 0 if s_rl["A"] == s_rl["A"] else None,
         f"P_sft {s_rl['start']:.1f}, A_post {s_rl['A']:.1f}, best observed {s_rl['best']:.1f}",
     ))
     return findings
+
+
+def _switch_reason(settings: ParadigmSettings, sft: dict[str, Any]) -> str:
+    if not settings.switch_step:
+        return "the phase monitor's pick: the lowest-loss Stable checkpoint"
+    return (f"given by --switch-step; the phase monitor's pick on this run is step {sft['picked_step']}"
+            + (", its last step, which would leave no compute for RL" if sft["picked_step"] == sft["steps"] else ""))
 
 
 def _ci(ci) -> str:
@@ -230,7 +257,7 @@ def _report(out, cfg, settings, sft, pick, x_sft, budget, sft_points, rows, summ
         f"* Budget C = {budget:.4g} FLOPs (Appendix C) = one SFT run of {settings.sft_steps} steps of {cfg.sft.global_batch_size} "
         f"on `{settings.sft_data}` from the embedded tiny Qwen2 base.",
         f"* Pure-SFT: that run's checkpoints (every {settings.save_every} steps) scored on the held-out problems.",
-        f"* SFT-then-RL: SFT to step {pick} ({'given by --switch-step' if settings.switch_step else 'the phase monitor pick'}, "
+        f"* SFT-then-RL: SFT to step {pick} ({_switch_reason(settings, sft)}, "
         f"x_sft = {x_sft:.4g} FLOPs, {sft['curve']['phases'][sft['curve']['steps'].index(pick)]} sub-phase), then "
         f"{cfg.rl.algorithm} RL for the remaining {budget - x_sft:.4g} FLOPs.",
         f"* Pure-RL: {cfg.rl.algorithm} RL from the base model for all of C.",
@@ -240,8 +267,7 @@ def _report(out, cfg, settings, sft, pick, x_sft, budget, sft_points, rows, summ
         "* Fits: Eq. 11 with P_start fixed to each curve's measured start (Eq. 12 for SFT-then-RL), first 85% of points fit, "
         "modified z-score (tau 3.5) then LTS (alpha 0.85), 95% bootstrap interval for A.",
         "* Left out: Synchronized SFT-RL (LUFFY / SRFT / UPT) is not implemented in npu-retu yet. Smaller than the paper: "
-        f"a tiny model, `{settings.sft_data}` (few enough trajectories that SFT passes its validation minimum inside the budget), "
-        "a budget of minutes.",
+        f"a tiny model, `{settings.sft_data}`, a budget of minutes.",
         "",
         "## Results",
         "",

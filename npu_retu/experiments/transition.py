@@ -113,9 +113,6 @@ def transition_findings(rows: list[Any], branch_steps: dict[str, int | None]) ->
     """The paper's §6.2.1 findings, checked on the branch table."""
     by_phase = {row.sub_phase: row for row in rows if _fitted(row)}
     findings = []
-    missing = [p for p, s in branch_steps.items() if s is None]
-    if missing:
-        findings.append(Finding("all four sub-phases were reached by the SFT run", False, f"no checkpoint in: {', '.join(missing)}"))
     if not by_phase:
         return findings + [Finding("switching at Stable or Mild gives the highest ceiling A_post", None, "no branch could be fitted")]
 
@@ -148,8 +145,8 @@ def transition_findings(rows: list[Any], branch_steps: dict[str, int | None]) ->
     if "severe" in by_phase and window:
         severe = by_phase["severe"]
         top = max(window, key=lambda r: r.A_post)
-        held2 = severe.A_post < top.A_post
-        if held2 and intervals_overlap(severe.a_ci, top.a_ci):
+        held2: bool | None = severe.A_post < top.A_post
+        if intervals_overlap(severe.a_ci, top.a_ci):
             held2 = None
         findings.append(Finding(
             "training on into Severe overfitting lowers the ceiling compared with switching at Stable/Mild",
@@ -158,6 +155,14 @@ def transition_findings(rows: list[Any], branch_steps: dict[str, int | None]) ->
             f"PL_rl Severe {severe.PL_rl:.1f} vs {top.PL_rl:.1f}",
         ))
     return findings
+
+
+def _missing_phase_note(branch_steps: dict[str, int | None]) -> list[str]:
+    missing = [p for p, s in branch_steps.items() if s is None]
+    if not missing:
+        return []
+    return ["", f"No checkpoint fell in the {', '.join(missing)} sub-phase(s), so there is no branch from there: on this "
+            "curve the validation loss goes from one sub-phase to the next between two validation points."]
 
 
 def _fitted(row: Any) -> bool:
@@ -216,6 +221,7 @@ def _report(out, cfg, settings, sft, sft_curve, rows, branch_steps, findings, se
         "```",
         "",
         "Branch checkpoints: " + ", ".join(f"{p}: step {s}" if s is not None else f"{p}: none" for p, s in branch_steps.items()) + ".",
+        *_missing_phase_note(branch_steps),
         "",
         "![SFT sub-phases](sft_phases.png)",
         "",

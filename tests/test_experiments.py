@@ -93,6 +93,11 @@ def test_data_findings_verdicts():
     assert [f.held for f in findings] == [True, None, True]  # easy->hard rises but e and h intervals overlap
     findings = data_findings(rows, settings, {"r": 0.2, "p_value": 0.7, "n": 5})
     assert findings[2].held is False
+    # strongly negative but not significant (3 data sets): inconclusive
+    assert data_findings(rows, settings, {"r": -0.73, "p_value": 0.48, "n": 3})[2].held is None
+    # the largest set had not reached its minimum: the paper's comparison was not made
+    unfinished = data_findings(rows, settings, {"r": None, "reason": "-"}, frozenset({"u-3"}))
+    assert unfinished[0].held is None and "had not reached its minimum" in unfinished[0].evidence
     rows[2] = row("u-3", 40, (38, 42))  # the largest set clearly worst
     assert data_findings(rows, settings, {"r": None, "reason": "too few"})[0].held is False
 
@@ -227,3 +232,19 @@ def test_rl_compute_budget_must_not_be_negative():
     assert load_config("configs/demo_cpu.yaml", ["rl.max_flops=2.5e13"]).rl.max_flops == 2.5e13
     with pytest.raises(ConfigError, match="rl.max_flops"):
         load_config("configs/demo_cpu.yaml", ["rl.max_flops=-1"])
+
+
+def test_a_finished_stage_is_not_reused_for_other_settings(tmp_path):
+    from npu_retu.errors import UserError
+
+    folder = tmp_path / "runs" / "sft"
+    folder.mkdir(parents=True)
+    done = {"steps": 12, "min_val_loss": 1.0, "min_val_step": 12, "curve": {"steps": [4, 8, 12]}}
+    (folder / "done.json").write_text(json.dumps(done))
+    from npu_retu.config import load_config
+
+    cfg = load_config("configs/demo_cpu.yaml")
+    again = common.sft_stage(cfg, tmp_path / "runs", "sft", train_file="embedded:sft-uniform-500", steps=12, every=4, say=lambda *a: None)
+    assert again == done
+    with pytest.raises(UserError, match="SFT steps 12, but this run asks for 24"):
+        common.sft_stage(cfg, tmp_path / "runs", "sft", train_file="embedded:sft-uniform-500", steps=24, every=4, say=lambda *a: None)

@@ -394,8 +394,9 @@ def _bootstrap_a(problem: _Problem, theta: np.ndarray, inliers: np.ndarray, n_re
                  ci_level: float, rng: np.random.Generator):
     """Case bootstrap for A: resample the inliers with replacement, refit by plain least squares
     from the point estimate, and take the percentile interval. Returns ``(interval or None, used,
-    note or None)``."""
-    min_points = problem.n_params + 1
+    note or None)``. It needs two more inliers than parameters: with one spare point, resamples fit
+    (nearly) exactly and the interval says nothing."""
+    min_points = problem.n_params + 2
     if n_resamples == 0:
         return None, 0, None
     if inliers.size < min_points:

@@ -66,6 +66,7 @@ def sft_stage(cfg: Config, root: Path, name: str, *, train_file: str, steps: int
     folder = root / name
     done = read_done(folder)
     if done is not None:
+        check_same(folder, "SFT steps", done["curve"]["steps"][-1] if done["curve"]["steps"] else 0, steps)
         say(f"[{name}] SFT finished earlier: {done['steps']} steps, min validation loss {done['min_val_loss']:.4f} at step {done['min_val_step']}")
         return done
     resume = (folder / "checkpoints").is_dir()
@@ -88,6 +89,15 @@ def sft_stage(cfg: Config, root: Path, name: str, *, train_file: str, steps: int
     write_json_atomic(folder / "done.json", done)
     say(f"[{name}] SFT done: {done['steps']} steps in {done['seconds']:.0f} s; min validation loss {done['min_val_loss']:.4f} at step {done['min_val_step']}")
     return done
+
+
+def check_same(folder: Path, what: str, recorded: Any, requested: Any) -> None:
+    """A finished stage is reused only for the same settings; anything else would mix two experiments."""
+    if recorded != requested:
+        raise UserError(
+            f"{folder} finished earlier with {what} {recorded}, but this run asks for {requested}: "
+            "give a new --out folder, or delete that stage folder to run it again"
+        )
 
 
 def checkpoint_path(sft_done: dict[str, Any], step: int) -> Path:
@@ -155,6 +165,7 @@ def rl_stage(cfg: Config, root: Path, name: str, model_path: str | Path, *, say:
     folder = root / name
     done = read_done(folder)
     if done is not None:
+        check_same(folder, "starting model", done["model_path"], str(model_path))
         say(f"[{name}] RL finished earlier: {done['steps']} steps")
         return done
     run_cfg = stage_config(cfg, root, name, rl=rl_fields)
@@ -227,8 +238,8 @@ def environment_line() -> str:
 
     import torch
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+    # no thread count: stages of one report may have run in different invocations
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

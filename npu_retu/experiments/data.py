@@ -18,7 +18,7 @@ from typing import Any
 
 from npu_retu.config import Config
 from npu_retu.experiments import common
-from npu_retu.experiments.report import Finding, findings_section, header, intervals_overlap, stage_seconds, table_section
+from npu_retu.experiments.report import Finding, findings_section, header, separated, stage_seconds, table_section
 
 
 @dataclass
@@ -71,7 +71,8 @@ def run_data(cfg: Config, out: Path, settings: DataSettings, *, say=print, quiet
     plot_plasticity(out / "branches.png", branches=branches, fits=[row.fit for row in rows],
                     title="RL from each data set's minimum-loss SFT checkpoint")
     plot_min_loss_correlation(correlation, out / "min_loss_vs_ceiling.png")
-    findings = data_findings(rows, settings, correlation)
+    unfinished = frozenset(v for v, s in sft_runs.items() if s["min_val_step"] == s["curve"]["steps"][-1])
+    findings = data_findings(rows, settings, correlation, unfinished)
     report = _report(out, cfg, settings, sft_runs, rows, correlation, findings, seconds)
     say(f"report: {report}")
     return report
@@ -82,27 +83,37 @@ def _ordered(rows: list[Any], names: tuple[str, ...]) -> list[Any]:
     return [by_name[n] for n in names if n in by_name]
 
 
-def _monotone_verdict(rows: list[Any], claim: str) -> Finding:
-    """Whether A_post rises along ``rows`` (ordered), telling apart a clear rise from overlapping intervals."""
+def _monotone_verdict(rows: list[Any], claim: str, unfinished: frozenset[str] = frozenset()) -> Finding:
+    """Whether A_post rises along ``rows`` (ordered), telling apart a clear rise from overlapping
+    intervals. The paper compares each data set at its minimum validation loss: when a set had not
+    reached it (``unfinished``), the comparison is not the paper's and the verdict is inconclusive."""
     a = [row.A_post for row in rows]
     evidence = ", ".join(f"{row.dataset}: A_post {row.A_post:.1f} (CI {_ci(row.a_ci)}), P_sft {row.P_sft:.1f}, PL_rl {row.PL_rl:.1f}" for row in rows)
     if len(rows) < 2 or any(x != x for x in a):
         return Finding(claim, None, evidence + " (a fit is missing)")
     rising = all(x < y for x, y in zip(a, a[1:]))
     ends_rise = a[-1] > a[0]
-    separated = not intervals_overlap(rows[0].a_ci, rows[-1].a_ci)
-    if rising and separated:
+    apart = separated(rows[0].a_ci, rows[-1].a_ci)
+    short = [row.dataset for row in rows if row.dataset in unfinished]
+    if short:
+        seen = "rises" if rising else "does not rise"
+        return Finding(claim, None, evidence + f"; at equal SFT steps A_post {seen} in this order, but {', '.join(short)} had not "
+                       "reached its minimum validation loss (its last point was its lowest), so the paper's comparison was not made")
+    if rising and apart:
         return Finding(claim, True, evidence)
-    if not ends_rise and separated:
+    if not ends_rise and apart:
         return Finding(claim, False, evidence)
     note = "the ceilings do not rise in order" if not rising else "they rise in order, but the end points' 95% intervals overlap"
-    return Finding(claim, None if ends_rise or not separated else False, evidence + f"; {note}")
+    return Finding(claim, None if ends_rise or not apart else False, evidence + f"; {note}")
 
 
-def data_findings(rows: list[Any], settings: DataSettings, correlation: dict[str, Any]) -> list[Finding]:
+def data_findings(rows: list[Any], settings: DataSettings, correlation: dict[str, Any],
+                  unfinished: frozenset[str] = frozenset()) -> list[Finding]:
+    """The paper's §6.2.2 findings; ``unfinished``: data sets whose SFT run ended before its minimum."""
     findings = [
-        _monotone_verdict(_ordered(rows, settings.scale), "more SFT data (scale) gives a higher post-training ceiling A_post"),
-        _monotone_verdict(_ordered(rows, settings.difficulty), "harder trajectories give a higher ceiling A_post at the same scale"),
+        _monotone_verdict(_ordered(rows, settings.scale), "more SFT data (scale) gives a higher post-training ceiling A_post", unfinished),
+        _monotone_verdict(_ordered(rows, settings.difficulty), "harder trajectories give a higher ceiling A_post at the same scale",
+                          unfinished),
     ]
     r = correlation.get("r")
     if r is None:
@@ -111,9 +122,9 @@ def data_findings(rows: list[Any], settings: DataSettings, correlation: dict[str
         p = correlation.get("p_value")
         findings.append(Finding(
             "a lower minimum SFT validation loss predicts a higher ceiling (paper: Pearson r = -0.90)",
-            True if r <= -0.7 else (False if r >= 0 else None),
+            True if r <= -0.7 and p is not None and p < 0.1 else (False if r >= 0 else None),
             f"Pearson r = {r:.2f} over {correlation.get('n')} data sets" + (f" (p = {p:.3f})" if p is not None else "")
-            + "; strong (r <= -0.7) counts as held, r >= 0 as not held, in between as inconclusive",
+            + "; held needs r <= -0.7 with p < 0.1, r >= 0 counts as not held, anything between as inconclusive",
         ))
     return findings
 
@@ -150,7 +161,9 @@ def _report(out, cfg, settings, sft_runs, rows, correlation, findings, seconds) 
         f"* Score: avg@{e.n} on the first {e.max_problems or 'all'} problems of `{', '.join(e.files)}` (T={e.temperature}, top-p {e.top_p}, "
         f"max {e.max_new_tokens or cfg.rl.max_response_length} new tokens, seed {e.seed}), in percent.",
         "* Fits: Eq. 12 per branch, first 85% of points fit, modified z-score (tau 3.5) then LTS (alpha 0.85), 95% bootstrap interval.",
-        "* Smaller than the paper: sizes of hundreds to thousands instead of 1K-889K; a few RL steps instead of hundreds.",
+        "* Smaller than the paper: sizes of hundreds to thousands instead of 1K-889K; a few RL steps instead of hundreds. "
+        "Every set gets the same SFT steps, so a larger set gets fewer epochs; where its minimum is the last validation point "
+        "(see below) it had not reached its minimum, which the paper's protocol requires, and the comparison is at equal SFT compute instead.",
         "",
         "## SFT runs",
         "",

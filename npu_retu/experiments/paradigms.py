@@ -22,7 +22,7 @@ from typing import Any
 
 from npu_retu.config import Config
 from npu_retu.experiments import common
-from npu_retu.experiments.report import Finding, findings_section, header, intervals_overlap, stage_seconds, table_section
+from npu_retu.experiments.report import Finding, findings_section, header, separated, stage_seconds, table_section
 
 
 @dataclass
@@ -206,11 +206,11 @@ def paradigm_findings(summary: dict[str, Any]) -> list[Finding]:
         others = {k: a for k, a in ceilings.items() if k != "SFT-then-RL"}
         best_other = max(others, key=others.get)
         if ceilings["SFT-then-RL"] > others[best_other]:
-            held = None if intervals_overlap(s_rl["A_ci"], summary[best_other]["A_ci"]) else True
+            held = None if not separated(s_rl["A_ci"], summary[best_other]["A_ci"]) else True
             if held is None:
                 evidence += f"; higher than {best_other}, but the 95% intervals overlap"
         else:
-            held = False if not intervals_overlap(s_rl["A_ci"], summary[best_other]["A_ci"]) else None
+            held = False if separated(s_rl["A_ci"], summary[best_other]["A_ci"]) else None
             if held is None:
                 evidence += f"; {best_other} is higher, but the intervals overlap"
     findings.append(Finding("sequential SFT-then-RL reaches the highest ceiling of the paradigms", held, evidence))

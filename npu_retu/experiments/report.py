@@ -24,10 +24,11 @@ class Finding:
         return f"* **{verdict}**: {self.claim}\n  {self.evidence}"
 
 
-def intervals_overlap(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool | None:
+def separated(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
+    """Whether two intervals are known and do not overlap (a missing interval separates nothing)."""
     if a is None or b is None:
-        return None
-    return a[0] <= b[1] and b[0] <= a[1]
+        return False
+    return a[1] < b[0] or b[1] < a[0]
 
 
 def header(title: str, command: str, environment: str, stage_seconds: dict[str, float]) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from npu_retu.config import Config
 from npu_retu.experiments import common
-from npu_retu.experiments.report import Finding, findings_section, header, intervals_overlap, stage_seconds, table_section
+from npu_retu.experiments.report import Finding, findings_section, header, separated, stage_seconds, table_section
 
 SUB_PHASES = ("adaptive", "stable", "mild", "severe")
 
@@ -124,12 +124,12 @@ def transition_findings(rows: list[Any], branch_steps: dict[str, int | None]) ->
         held: bool | None = None
     elif best.sub_phase in ("stable", "mild"):
         best_out = max(early_or_late, key=lambda r: r.A_post) if early_or_late else None
-        held = True if best_out is None or not intervals_overlap(best.a_ci, best_out.a_ci) else None
+        held = True if best_out is None or separated(best.a_ci, best_out.a_ci) else None
         if held is None:
             evidence += "; the best Stable/Mild ceiling is higher but its 95% interval overlaps the best Adaptive/Severe one"
     else:
         best_in = max(window, key=lambda r: r.A_post)
-        held = False if not intervals_overlap(best.a_ci, best_in.a_ci) else None
+        held = False if separated(best.a_ci, best_in.a_ci) else None
         if held is None:
             evidence += f"; the highest ceiling is the {best.sub_phase} branch, but its interval overlaps the best Stable/Mild one"
     findings.append(Finding("switching to RL in the Stable or Mild sub-phase gives the highest post-training ceiling A_post", held, evidence))
@@ -146,7 +146,7 @@ def transition_findings(rows: list[Any], branch_steps: dict[str, int | None]) ->
         severe = by_phase["severe"]
         top = max(window, key=lambda r: r.A_post)
         held2: bool | None = severe.A_post < top.A_post
-        if intervals_overlap(severe.a_ci, top.a_ci):
+        if not separated(severe.a_ci, top.a_ci):
             held2 = None
         findings.append(Finding(
             "training on into Severe overfitting lowers the ceiling compared with switching at Stable/Mild",

@@ -47,9 +47,14 @@ def test_branch_steps_skip_missing_checkpoints_and_absent_phases():
     assert choose_branch_steps(done) == {"adaptive": 40, "stable": 160, "mild": None, "severe": None}
 
 
-def test_phase_spans_merge_runs_of_the_same_sub_phase():
-    done = sft_done([1, 2, 3, 4], ["adaptive", "adaptive", "stable", "severe"])
-    assert common.phase_spans(done) == [(0.0, 20.0, "adaptive"), (20.0, 30.0, "stable"), (30.0, 40.0, "severe")]
+def test_phase_spans_cover_halfway_to_the_neighbouring_points(tmp_path):
+    from npu_retu.ceiling.tables import sft_phase_spans
+
+    phases = {"steps": [1, 2, 3, 4], "flops": [10.0, 20.0, 30.0, 40.0], "phases": ["adaptive", "adaptive", "stable", "severe"],
+              "L_min": 0.5}
+    (tmp_path / "phases.json").write_text(json.dumps(phases))
+    assert sft_phase_spans(tmp_path) == [(0.0, 15.0, "adaptive"), (15.0, 25.0, "adaptive"), (25.0, 35.0, "stable"),
+                                         (35.0, 45.0, "severe")]
 
 
 def row(dataset, a, ci, p_sft=50.0, sub_phase=None):
@@ -59,10 +64,9 @@ def row(dataset, a, ci, p_sft=50.0, sub_phase=None):
 def test_transition_findings_verdicts():
     from npu_retu.experiments.transition import transition_findings
 
-    steps = {"adaptive": 80, "stable": 200, "mild": 240, "severe": 360}
     rows = [row("d", 60, (58, 62), 40, "adaptive"), row("d", 75, (73, 77), 55, "stable"),
             row("d", 70, (68, 72), 54, "mild"), row("d", 64, (62, 66), 50, "severe")]
-    held = {f.claim: f.held for f in transition_findings(rows, steps)}
+    held = {f.claim: f.held for f in transition_findings(rows)}
     assert held == {
         "switching to RL in the Stable or Mild sub-phase gives the highest post-training ceiling A_post": True,
         "more SFT (Stable/Mild rather than Adaptive) gives a higher starting score P_sft": True,
@@ -70,17 +74,17 @@ def test_transition_findings_verdicts():
     }
     # Severe above Stable/Mild but inside its interval: inconclusive, not "did not hold"
     rows[3] = row("d", 76, (74, 78), 50, "severe")
-    assert transition_findings(rows, steps)[2].held is None
+    assert transition_findings(rows)[2].held is None
     rows[3] = row("d", 80, (79, 81), 50, "severe")
-    assert transition_findings(rows, steps)[2].held is False
+    assert transition_findings(rows)[2].held is False
     rows[3] = row("d", 64, (62, 66), 50, "severe")
     # the adaptive branch on top and clearly separated: the finding did not hold
     rows[0] = row("d", 90, (88, 92), 40, "adaptive")
-    first = transition_findings(rows, steps)[0]
+    first = transition_findings(rows)[0]
     assert first.held is False
     # on top but inside the interval of the best Stable/Mild branch: inconclusive
     rows[0] = row("d", 76, (72, 80), 40, "adaptive")
-    assert transition_findings(rows, steps)[0].held is None
+    assert transition_findings(rows)[0].held is None
 
 
 def test_data_findings_verdicts():

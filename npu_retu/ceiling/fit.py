@@ -116,7 +116,7 @@ class CeilingFit:
     tau: float
     alpha: float | None
     fit_fraction: float
-    # additions beyond the agreed API (all with defaults, so that callers may build one by hand)
+    # how the fit was made (defaults, so that callers may build one by hand)
     lts_h: int | None = None  # the LTS subset size h actually used (after clamping)
     bootstrap_used: int = 0  # resamples that gave a fit and went into a_ci
     max_score: float | None = None

@@ -28,14 +28,7 @@ def stage_config(cfg: Config, root: Path, name: str, **sections: dict[str, Any])
     """``cfg`` with its run folder at ``root/name`` and ``sections`` ({section: {field: value}}) replaced."""
     out = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(root), name=name))
     for section, values in sections.items():
-        current = getattr(out, section)
-        nested = {}
-        for key, value in values.items():
-            if isinstance(value, dict):  # one level deeper, e.g. rl={"algo": {"max_draws": 2}}
-                nested[key] = dataclasses.replace(getattr(current, key), **value)
-            else:
-                nested[key] = value
-        out = dataclasses.replace(out, **{section: dataclasses.replace(current, **nested)})
+        out = dataclasses.replace(out, **{section: dataclasses.replace(getattr(out, section), **values)})
     out.validate()
     return out
 
@@ -57,7 +50,7 @@ def sft_stage(cfg: Config, root: Path, name: str, *, train_file: str, steps: int
     whole budget trained (the offline labels of the full curve pick the checkpoint).
 
     Returns ``{run_dir, steps, flops, picked_step, picked_checkpoint, min_val_loss, min_val_step,
-    stopped_early}`` plus the labelled curve from ``phases.json``.
+    seconds}`` plus the labelled curve from ``phases.json``.
     """
     from npu_retu.trainer.sft import train_sft
 
@@ -82,7 +75,6 @@ def sft_stage(cfg: Config, root: Path, name: str, *, train_file: str, steps: int
         "picked_checkpoint": str(result.picked_checkpoint) if result.picked_checkpoint else None,
         "min_val_loss": phases["L_min"],
         "min_val_step": phases["L_min_step"],
-        "stopped_early": result.steps < cfg.sft.max_steps,
         "seconds": time.perf_counter() - t0,
         "curve": {k: phases[k] for k in ("steps", "flops", "losses", "phases", "has_checkpoint")},
     }
@@ -188,45 +180,6 @@ def rl_stage(cfg: Config, root: Path, name: str, model_path: str | Path, *, say:
     return done
 
 
-def branch_of(rl_done: dict[str, Any], *, name: str, dataset: str, sft_done: dict[str, Any] | None, sft_step: int):
-    """The :class:`~npu_retu.ceiling.tables.Branch` of one RL run (scores in percent)."""
-    from npu_retu.ceiling.tables import Branch
-
-    sub_phase = None
-    sft_flops = 0.0
-    if sft_done is not None:
-        curve = sft_done["curve"]
-        index = curve["steps"].index(sft_step)
-        sub_phase, sft_flops = curve["phases"][index], float(curve["flops"][index])
-    evals = rl_done["evals"]
-    return Branch(
-        name=name,
-        dataset=dataset,
-        sft_step=sft_step,
-        sft_flops=sft_flops,
-        sub_phase=sub_phase,
-        min_val_loss=None if sft_done is None else float(sft_done["min_val_loss"]),
-        rl_flops=[float(e["flops"]) for e in evals],
-        scores=[100 * float(e["avg_at_n"]) for e in evals],
-        score_stderr=[100 * float(e["avg_at_n_stderr"]) for e in evals],
-    )
-
-
-def phase_spans(sft_done: dict[str, Any]) -> list[tuple[float, float, str]]:
-    """(x_start, x_end, sub-phase) over SFT compute: each validation point's span runs from the
-    previous point to it, merged while the sub-phase stays the same."""
-    curve = sft_done["curve"]
-    spans: list[tuple[float, float, str]] = []
-    previous = 0.0
-    for flops, phase in zip(curve["flops"], curve["phases"]):
-        if spans and spans[-1][2] == phase:
-            spans[-1] = (spans[-1][0], flops, phase)
-        else:
-            spans.append((previous, flops, phase))
-        previous = flops
-    return spans
-
-
 def command_line() -> str:
     """The command that is running, as a user would type it."""
     args = [Path(sys.argv[0]).name] + sys.argv[1:]
@@ -247,10 +200,6 @@ def write_text_atomic(path: Path, text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
-
-
-def fmt_pct(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
 
 
 def save_config(cfg: Config, root: Path) -> None:

@@ -12,13 +12,14 @@ harder trajectories raise it further, and the minimum SFT validation loss predic
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from npu_retu.config import Config
+from npu_retu.errors import UserError
 from npu_retu.experiments import common
-from npu_retu.experiments.report import Finding, findings_section, header, separated, stage_seconds, table_section
+from npu_retu.experiments.report import Finding, findings_section, format_ci, header, separated, stage_seconds, table_section
 
 
 @dataclass
@@ -29,14 +30,15 @@ class DataSettings:
     eval_every: int = 20  # SFT validation loss and checkpoint interval
     rl_steps: int = 20
     rl_eval_every: int = 4
-    variants: list[str] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.variants = list(dict.fromkeys(self.scale + self.difficulty))
+    @property
+    def variants(self) -> list[str]:
+        """Every data set once, scale first (a set in both lists runs once)."""
+        return list(dict.fromkeys(self.scale + self.difficulty))
 
 
 def run_data(cfg: Config, out: Path, settings: DataSettings, *, say=print, quiet: bool = True) -> Path:
-    from npu_retu.ceiling.tables import min_loss_correlation, plasticity_rows, rows_to_json, write_csv
+    from npu_retu.ceiling.tables import branch_from_rl_run, min_loss_correlation, plasticity_rows, rows_to_json, write_csv
     from npu_retu.report.metrics import write_json_atomic
     from npu_retu.report.plots import plot_min_loss_correlation, plot_plasticity
 
@@ -51,12 +53,12 @@ def run_data(cfg: Config, out: Path, settings: DataSettings, *, say=print, quiet
         sft_runs[variant] = sft
         pick = sft["picked_step"]
         if pick is None:
-            raise common.UserError(f"the phase monitor picked no checkpoint in {sft['run_dir']}")
+            raise UserError(f"the phase monitor picked no checkpoint in {sft['run_dir']}")
         rl = common.rl_stage(
             cfg, runs, f"rl-{variant}", common.checkpoint_path(sft, pick), say=say, quiet=quiet,
             max_steps=settings.rl_steps, eval_every=settings.rl_eval_every, save_every=settings.rl_steps,
         )
-        branches.append(common.branch_of(rl, name=variant, dataset=variant, sft_done=sft, sft_step=pick))
+        branches.append(branch_from_rl_run(rl["run_dir"], name=variant, dataset=variant))
         seconds[variant] = stage_seconds(sft) + stage_seconds(rl)
 
     rows = plasticity_rows(branches)
@@ -64,7 +66,7 @@ def run_data(cfg: Config, out: Path, settings: DataSettings, *, say=print, quiet
     write_csv(rows, out / "plasticity.csv")
     write_json_atomic(out / "results.json", {
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
-        "sft": {v: {k: x for k, x in s.items()} for v, s in sft_runs.items()},
+        "sft": sft_runs,
         "rows": rows_to_json(rows),
         "correlation": correlation,
     })
@@ -88,7 +90,7 @@ def _monotone_verdict(rows: list[Any], claim: str, unfinished: frozenset[str] = 
     intervals. The paper compares each data set at its minimum validation loss: when a set had not
     reached it (``unfinished``), the comparison is not the paper's and the verdict is inconclusive."""
     a = [row.A_post for row in rows]
-    evidence = ", ".join(f"{row.dataset}: A_post {row.A_post:.1f} (CI {_ci(row.a_ci)}), P_sft {row.P_sft:.1f}, PL_rl {row.PL_rl:.1f}" for row in rows)
+    evidence = ", ".join(f"{row.dataset}: A_post {row.A_post:.1f} (CI {format_ci(row.a_ci)}), P_sft {row.P_sft:.1f}, PL_rl {row.PL_rl:.1f}" for row in rows)
     if len(rows) < 2 or any(x != x for x in a):
         return Finding(claim, None, evidence + " (a fit is missing)")
     rising = all(x < y for x, y in zip(a, a[1:]))
@@ -139,10 +141,6 @@ def max_score_correlation(correlation: dict[str, Any]) -> float | None:
     from scipy.stats import pearsonr
 
     return float(pearsonr(losses, best)[0])
-
-
-def _ci(ci) -> str:
-    return "n/a" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}"
 
 
 def _report(out, cfg, settings, sft_runs, rows, correlation, findings, seconds) -> Path:

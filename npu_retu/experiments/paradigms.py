@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from npu_retu.config import Config
+from npu_retu.errors import UserError
 from npu_retu.experiments import common
-from npu_retu.experiments.report import Finding, findings_section, header, separated, stage_seconds, table_section
+from npu_retu.experiments.report import Finding, findings_section, format_ci, header, separated, stage_seconds, table_section
 
 
 @dataclass
@@ -38,7 +39,7 @@ class ParadigmSettings:
 
 def run_paradigms(cfg: Config, out: Path, settings: ParadigmSettings, *, say=print, quiet: bool = True) -> Path:
     from npu_retu.ceiling.fit import CeilingFitError, fit_ceiling
-    from npu_retu.ceiling.tables import plasticity_rows, rows_to_json, write_csv
+    from npu_retu.ceiling.tables import branch_from_rl_run, plasticity_rows, rows_to_json, sft_phase_spans, write_csv
     from npu_retu.report.metrics import write_json_atomic
     from npu_retu.report.plots import plot_plasticity
 
@@ -53,12 +54,12 @@ def run_paradigms(cfg: Config, out: Path, settings: ParadigmSettings, *, say=pri
     budget = float(sft["flops"])
     pick = settings.switch_step or sft["picked_step"]
     if pick is None:
-        raise common.UserError(f"the phase monitor picked no checkpoint in {sft['run_dir']}: lengthen --sft-steps")
+        raise UserError(f"the phase monitor picked no checkpoint in {sft['run_dir']}: lengthen --sft-steps")
     if pick not in sft["curve"]["steps"]:
-        raise common.UserError(f"--switch-step {pick} is not a validation step of {sft['run_dir']} ({sft['curve']['steps']})")
+        raise UserError(f"--switch-step {pick} is not a validation step of {sft['run_dir']} ({sft['curve']['steps']})")
     x_sft = float(sft["curve"]["flops"][sft["curve"]["steps"].index(pick)])
     if x_sft >= budget:
-        raise common.UserError(
+        raise UserError(
             f"SFT-then-RL would switch at step {pick}, the end of the SFT run, leaving no compute for RL: "
             "lengthen --sft-steps so the run goes past its validation-loss minimum, or give --switch-step"
         )
@@ -68,7 +69,7 @@ def run_paradigms(cfg: Config, out: Path, settings: ParadigmSettings, *, say=pri
     seconds["SFT checkpoint evaluation"] = stage_seconds(sft_points)
 
     # RL runs end on their compute budget; eval_every spreads rl_eval_points evaluations over the
-    # expected number of steps (measured RL steps cost ~ rl_step_estimate FLOPs each)
+    # number of steps that budget buys (see _eval_every)
     sft_rl_budget = budget - x_sft
     sft_rl = common.rl_stage(
         cfg, runs, "sft-then-rl", common.checkpoint_path(sft, pick), say=say, quiet=quiet,
@@ -85,8 +86,8 @@ def run_paradigms(cfg: Config, out: Path, settings: ParadigmSettings, *, say=pri
 
     data_name = settings.sft_data.replace("embedded:", "")
     branches = [
-        common.branch_of(sft_rl, name="SFT-then-RL", dataset=data_name, sft_done=sft, sft_step=pick),
-        common.branch_of(pure_rl, name="Pure-RL", dataset="-", sft_done=None, sft_step=0),
+        branch_from_rl_run(sft_rl["run_dir"], name="SFT-then-RL", dataset=data_name),
+        branch_from_rl_run(pure_rl["run_dir"], name="Pure-RL"),
     ]
     rows = plasticity_rows(branches)
 
@@ -120,7 +121,7 @@ def run_paradigms(cfg: Config, out: Path, settings: ParadigmSettings, *, say=pri
         sft_curve=list(zip(sft_x, sft_y)),
         branches=branches,
         fits=[row.fit for row in rows],
-        phase_spans=common.phase_spans(sft),
+        phase_spans=sft_phase_spans(sft["run_dir"]),
         title="Pure-SFT (dashed), SFT-then-RL and Pure-RL at matched compute",
     )
     findings = paradigm_findings(summary)
@@ -199,7 +200,7 @@ def paradigm_findings(summary: dict[str, Any]) -> list[Finding]:
     s_rl, p_rl, p_sft = summary["SFT-then-RL"], summary["Pure-RL"], summary["Pure-SFT"]
     findings = []
     ceilings = {k: v["A"] for k, v in (("SFT-then-RL", s_rl), ("Pure-SFT", p_sft), ("Pure-RL", p_rl)) if v["A"] is not None and v["A"] == v["A"]}
-    evidence = "fitted ceilings A: " + ", ".join(f"{k} {a:.1f} (CI {_ci(summary[k]['A_ci'])})" for k, a in ceilings.items())
+    evidence = "fitted ceilings A: " + ", ".join(f"{k} {a:.1f} (CI {format_ci(summary[k]['A_ci'])})" for k, a in ceilings.items())
     if "SFT-then-RL" not in ceilings or len(ceilings) < 2:
         held: bool | None = None
     else:
@@ -242,10 +243,6 @@ def _switch_reason(settings: ParadigmSettings, sft: dict[str, Any]) -> str:
             + (", its last step, which would leave no compute for RL" if sft["picked_step"] == sft["steps"] else ""))
 
 
-def _ci(ci) -> str:
-    return "n/a" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}"
-
-
 def _report(out, cfg, settings, sft, pick, x_sft, budget, sft_points, rows, summary, pure_sft_fit, pure_sft_error,
             findings, seconds) -> Path:
     e = cfg.eval
@@ -276,7 +273,7 @@ def _report(out, cfg, settings, sft, pick, x_sft, budget, sft_points, rows, summ
     ]
     for name in ("Pure-SFT", "Pure-RL", "SFT-then-RL"):
         s = summary[name]
-        a = "n/a" if s["A"] is None or s["A"] != s["A"] else f"{s['A']:.1f} ({_ci(s['A_ci'])})"
+        a = "n/a" if s["A"] is None or s["A"] != s["A"] else f"{s['A']:.1f} ({format_ci(s['A_ci'])})"
         lines.append(f"| {name} | {s['start']:.1f} | {s['final']:.1f} | {s['best']:.1f} | {a} | {s['compute_used']:.3g} |")
     if pure_sft_error:
         lines += ["", f"Pure-SFT fit failed: {pure_sft_error}"]

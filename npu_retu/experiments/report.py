@@ -24,6 +24,10 @@ class Finding:
         return f"* **{verdict}**: {self.claim}\n  {self.evidence}"
 
 
+def format_ci(ci: tuple[float, float] | None) -> str:
+    return "n/a" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}"
+
+
 def separated(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
     """Whether two intervals are known and do not overlap (a missing interval separates nothing)."""
     if a is None or b is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from npu_retu.config import Config
 from npu_retu.experiments import common
-from npu_retu.experiments.report import Finding, findings_section, header, separated, stage_seconds, table_section
+from npu_retu.experiments.report import Finding, findings_section, format_ci, header, separated, stage_seconds, table_section
 
 SUB_PHASES = ("adaptive", "stable", "mild", "severe")
 
@@ -63,7 +63,8 @@ def choose_branch_steps(sft_done: dict[str, Any], phases: tuple[str, ...] = SUB_
 
 def run_transition(cfg: Config, out: Path, settings: TransitionSettings, *, say=print, quiet: bool = True) -> Path:
     """Run (or finish) the experiment in ``out`` and write ``out/report.md``; returns the report path."""
-    from npu_retu.ceiling.tables import plasticity_rows, rows_to_json, write_csv
+    from npu_retu.ceiling.tables import branch_from_rl_run, plasticity_rows, rows_to_json, write_csv
+    from npu_retu.monitor.phases import build_report
     from npu_retu.report.metrics import write_json_atomic
 
     runs = out / "runs"
@@ -91,25 +92,28 @@ def run_transition(cfg: Config, out: Path, settings: TransitionSettings, *, say=
             max_steps=settings.rl_steps, eval_every=settings.eval_every, save_every=settings.rl_steps,
         )
         seconds["RL branches"] += stage_seconds(rl)
-        branches.append(common.branch_of(rl, name=f"{phase} (step {step})", dataset=settings.sft_data.replace("embedded:", ""), sft_done=sft, sft_step=step))
+        branches.append(branch_from_rl_run(rl["run_dir"], name=f"{phase} (step {step})", dataset=settings.sft_data.replace("embedded:", "")))
 
     rows = plasticity_rows(branches)
     write_csv(rows, out / "plasticity.csv")
     write_json_atomic(out / "results.json", {
         "settings": settings.__dict__ | {"phases": list(settings.phases)},
         "branch_steps": branch_steps,
-        "sft": {k: v for k, v in sft.items()},
+        "sft": sft,
         "sft_curve": sft_curve,
         "rows": rows_to_json(rows),
     })
-    _plots(out, sft, sft_curve, branches, rows)
-    findings = transition_findings(rows, branch_steps)
-    report = _report(out, cfg, settings, sft, sft_curve, rows, branch_steps, findings, seconds)
+    curve = sft["curve"]
+    phase_report = build_report(curve["steps"], curve["flops"], curve["losses"], curve["has_checkpoint"],
+                                delta=cfg.monitor.delta, delta2=cfg.monitor.delta2, pick=cfg.monitor.pick)
+    _plots(out, phase_report, sft, sft_curve, branches, rows)
+    findings = transition_findings(rows)
+    report = _report(out, cfg, settings, phase_report, sft, sft_curve, rows, branch_steps, findings, seconds)
     say(f"report: {report}")
     return report
 
 
-def transition_findings(rows: list[Any], branch_steps: dict[str, int | None]) -> list[Finding]:
+def transition_findings(rows: list[Any]) -> list[Finding]:
     """The paper's §6.2.1 findings, checked on the branch table."""
     by_phase = {row.sub_phase: row for row in rows if _fitted(row)}
     findings = []
@@ -119,7 +123,7 @@ def transition_findings(rows: list[Any], branch_steps: dict[str, int | None]) ->
     best = max(by_phase.values(), key=lambda r: r.A_post)
     early_or_late = [r for p, r in by_phase.items() if p in ("adaptive", "severe")]
     window = [r for p, r in by_phase.items() if p in ("stable", "mild")]
-    evidence = "A_post by branch: " + ", ".join(f"{p} {r.A_post:.1f} (CI {_ci(r)})" for p, r in by_phase.items())
+    evidence = "A_post by branch: " + ", ".join(f"{p} {r.A_post:.1f} (CI {format_ci(r.a_ci)})" for p, r in by_phase.items())
     if not window:
         held: bool | None = None
     elif best.sub_phase in ("stable", "mild"):
@@ -151,7 +155,7 @@ def transition_findings(rows: list[Any], branch_steps: dict[str, int | None]) ->
         findings.append(Finding(
             "training on into Severe overfitting lowers the ceiling compared with switching at Stable/Mild",
             held2,
-            f"Severe A_post {severe.A_post:.1f} (CI {_ci(severe)}) vs best Stable/Mild {top.A_post:.1f} (CI {_ci(top)}); "
+            f"Severe A_post {severe.A_post:.1f} (CI {format_ci(severe.a_ci)}) vs best Stable/Mild {top.A_post:.1f} (CI {format_ci(top.a_ci)}); "
             f"PL_rl Severe {severe.PL_rl:.1f} vs {top.PL_rl:.1f}",
         ))
     return findings
@@ -169,33 +173,25 @@ def _fitted(row: Any) -> bool:
     return row.A_post == row.A_post  # not NaN
 
 
-def _ci(row: Any) -> str:
-    return "n/a" if row.a_ci is None else f"{row.a_ci[0]:.1f}-{row.a_ci[1]:.1f}"
-
-
-def _plots(out: Path, sft: dict[str, Any], sft_curve: list[dict], branches: list[Any], rows: list[Any]) -> None:
-    from npu_retu.monitor.phases import build_report
+def _plots(out: Path, phase_report: Any, sft: dict[str, Any], sft_curve: list[dict], branches: list[Any], rows: list[Any]) -> None:
+    from npu_retu.ceiling.tables import sft_phase_spans
     from npu_retu.report.plots import plot_phases, plot_plasticity
 
-    curve = sft["curve"]
-    report = build_report(curve["steps"], curve["flops"], curve["losses"], curve["has_checkpoint"])
-    plot_phases(report, out / "sft_phases.png", x="step", title="SFT validation loss and its sub-phases")
+    plot_phases(phase_report, out / "sft_phases.png", x="step", title="SFT validation loss and its sub-phases")
     plot_plasticity(
         out / "plasticity.png",
         sft_curve=[(p["flops"], 100 * p["avg_at_n"]) for p in sft_curve],
         branches=branches,
         fits=[row.fit for row in rows],
-        phase_spans=common.phase_spans(sft),
+        phase_spans=sft_phase_spans(sft["run_dir"]),
         title="RL branches from SFT checkpoints in each sub-phase",
     )
 
 
-def _report(out, cfg, settings, sft, sft_curve, rows, branch_steps, findings, seconds) -> Path:
+def _report(out, cfg, settings, phase_report, sft, sft_curve, rows, branch_steps, findings, seconds) -> Path:
     from npu_retu.commands.phases import format_phase_table
-    from npu_retu.monitor.phases import build_report
 
     curve = sft["curve"]
-    phase_report = build_report(curve["steps"], curve["flops"], curve["losses"], curve["has_checkpoint"])
     e = cfg.eval
     lines = header("Experiment: when to switch from SFT to RL (paper §6.2.1)", common.command_line(), common.environment_line(), seconds)
     lines += [

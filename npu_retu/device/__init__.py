@@ -21,11 +21,13 @@ from npu_retu.device.backend import (
     set_backend,
 )
 from npu_retu.device.chips import CHIP_PEAK_FLOPS, chip_for_device_name, peak_flops_for
+from npu_retu.device.npu_patches import apply_fused_ops
 
 __all__ = [
     "CHIP_PEAK_FLOPS",
     "DEVICE_CHOICES",
     "Backend",
+    "apply_fused_ops",
     "BackendUnavailable",
     "chip_for_device_name",
     "detect_backend",

@@ -122,6 +122,22 @@ class Backend:
         """The value of the visible-devices variable, or None when unset (or on CPU)."""
         return os.environ.get(self.visible_devices_env) if self.visible_devices_env else None
 
+    def ray_bundle(self, cpus: int) -> dict[str, float]:
+        """One placement-group bundle for a worker that drives one device (CPU only on CPU)."""
+        bundle: dict[str, float] = {"CPU": float(cpus)}
+        if self.ray_resource:
+            bundle[self.ray_resource] = 1.0
+        return bundle
+
+    def ray_actor_options(self, cpus: int) -> dict[str, Any]:
+        """Ray actor options that claim one device: GPUs are Ray's built-in ``num_gpus``, NPUs a
+        custom resource. Ray then narrows the visible-devices variable of the actor to its device."""
+        if self.ray_resource == "GPU":
+            return {"num_cpus": cpus, "num_gpus": 1}
+        if self.ray_resource:
+            return {"num_cpus": cpus, "resources": {self.ray_resource: 1}}
+        return {"num_cpus": cpus}
+
     # ---- memory -------------------------------------------------------------------------------
 
     def memory_stats(self) -> dict[str, int]:
@@ -243,28 +259,41 @@ class Backend:
 
     # ---- reporting ----------------------------------------------------------------------------
 
-    def versions(self) -> dict[str, str]:
-        """Versions of torch and, where present, torch_npu, CANN, CUDA and the optional stack."""
-        found: dict[str, str] = {"torch": str(getattr(self.torch, "__version__", "unknown"))}
+    def versions(
+        self, *, include_missing: bool = False, run_command: Callable[[list[str]], str] | None = None
+    ) -> dict[str, str | None]:
+        """Versions of the whole stack, in a fixed order: python, torch, torch_npu, CANN, the CUDA
+        that torch was built for, the device driver (NVIDIA's from nvidia-smi, Ascend's from
+        npu-smi; queried on that backend only), then the optional packages.
+
+        A component that is absent is left out, or is None with ``include_missing`` (the doctor
+        prints those as 'not installed'). Packages are read from their metadata, never imported.
+        ``run_command`` (argv -> stdout, raising on failure) is the injection point for the driver
+        tools in tests.
+        """
         torch_version = getattr(self.torch, "version", None)
         cuda_version = getattr(torch_version, "cuda", None)
-        if cuda_version:
-            found["cuda"] = str(cuda_version)
         torch_npu_version = getattr(self.extension, "__version__", None) or _installed_version("torch_npu")
-        if torch_npu_version:
-            found["torch_npu"] = str(torch_npu_version)
-        cann = _cann_version(self.extension) if self.name == "npu" else _cann_version_from_files()
-        if cann:
-            found["cann"] = cann
-        for package in ("triton", "triton-ascend", "vllm", "vllm-ascend", "deepspeed", "mindspeed", "ray"):
-            version = _installed_version(package)
-            if version:
-                found[package] = version
-        return found
+        found: dict[str, str | None] = {
+            "python": platform.python_version(),
+            "torch": str(getattr(self.torch, "__version__", "unknown")),
+            "torch_npu": str(torch_npu_version) if torch_npu_version else None,
+            "cann": _cann_version(self.extension) if self.name == "npu" else _cann_version_from_files(),
+            "cuda": str(cuda_version) if cuda_version else None,
+        }
+        driver_key = _DRIVER_KEYS.get(self.name)
+        if driver_key:
+            found[driver_key] = driver_version(self.name, run_command or _run_tool)
+        for package in _STACK_PACKAGES:
+            found[package] = _installed_version(package)
+        if include_missing:
+            return found
+        return {name: version for name, version in found.items() if version is not None}
 
-    def describe(self) -> dict[str, Any]:
-        """Everything ``npu-retu doctor`` and run reports print about the device."""
-        return {
+    def describe(self, *, include_versions: bool = True) -> dict[str, Any]:
+        """Everything ``npu-retu doctor`` and run reports print about the device (``versions``
+        asks the driver tools, so callers that ask :meth:`versions` themselves can skip it)."""
+        described = {
             "backend": self.name,
             "device_type": self.device_type,
             "chip": self.chip_name(),
@@ -276,8 +305,10 @@ class Backend:
             "kernel_impl": self.kernel_impl,
             "supports_bf16": self.supports_bf16(),
             "peak_flops_bf16": self.peak_flops("bf16"),
-            "versions": self.versions(),
         }
+        if include_versions:
+            described["versions"] = self.versions()
+        return described
 
 
 # ------------------------------------------------------------------------------------------------
@@ -502,4 +533,69 @@ def _cann_version_from_files() -> str | None:
                 key, sep, value = line.partition("=")
                 if sep and key.strip().lower() == "version" and value.strip():
                     return value.strip()
+    return None
+
+
+# the optional stack the doctor reports, by distribution name (metadata only: importing vllm or
+# deepspeed takes seconds and can fail for reasons that have nothing to do with its version)
+_STACK_PACKAGES = (
+    "triton", "triton-ascend", "vllm", "vllm-ascend", "deepspeed", "mindspeed", "ray",
+    "transformers", "tokenizers", "safetensors", "math-verify", "numpy", "scipy",
+)
+_DRIVER_KEYS = {"cuda": "nvidia-driver", "npu": "ascend-driver"}
+_ASCEND_DRIVER_INFO = "/usr/local/Ascend/driver/version.info"
+_TOOL_TIMEOUT_S = 15.0
+
+
+def _run_tool(argv: list[str]) -> str:
+    """stdout of a device tool; raises when it is missing, fails or hangs (a wedged driver can)."""
+    import subprocess
+
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=_TOOL_TIMEOUT_S, check=True)
+    return done.stdout
+
+
+def driver_version(backend_name: str, run_command: Callable[[list[str]], str] = _run_tool) -> str | None:
+    """The device driver's version: NVIDIA's from ``nvidia-smi --query-gpu=driver_version``,
+    Ascend's from the banner of ``npu-smi info`` (else the driver's version.info); None when the
+    tool is missing or says nothing we can read, and for the CPU."""
+    if backend_name == "cuda":
+        try:
+            return parse_nvidia_smi_driver(run_command(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]))
+        except Exception as e:  # missing tool, non-zero exit, timeout
+            logger.debug("nvidia-smi failed: %s", e)
+            return None
+    if backend_name == "npu":
+        try:
+            version = parse_npu_smi_driver(run_command(["npu-smi", "info"]))
+            if version:
+                return version
+        except Exception as e:
+            logger.debug("npu-smi info failed: %s", e)
+        try:
+            return _key_value(Path(_ASCEND_DRIVER_INFO).read_text(), "version")
+        except OSError:
+            return None
+    return None
+
+
+def parse_nvidia_smi_driver(output: str) -> str | None:
+    """One line per GPU, all the same driver: '550.54.15'. Differing lines are all reported."""
+    versions = list(dict.fromkeys(line.strip() for line in output.splitlines() if line.strip()))
+    versions = [v for v in versions if re.fullmatch(r"[0-9][0-9A-Za-z.\-]*", v)]
+    return ", ".join(versions) or None
+
+
+def parse_npu_smi_driver(output: str) -> str | None:
+    """The banner of ``npu-smi info``: '| npu-smi 23.0.6      Version: 23.0.6   |' (the Version
+    field is the driver's; the tool's own number, which ships with it, is the fallback)."""
+    match = re.search(r"\bVersion:\s*([0-9][^\s|]*)", output) or re.search(r"npu-smi\s+([0-9][^\s|]*)", output)
+    return match.group(1) if match else None
+
+
+def _key_value(text: str, key: str) -> str | None:
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip().lower() == key and value.strip():
+            return value.strip()
     return None

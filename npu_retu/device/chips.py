@@ -1,5 +1,5 @@
 """Peak dense FLOP/s per accelerator chip, the denominator of MFU (paper Appendix C counts the
-numerator).
+numerator), and each chip's device memory (for ``npu-retu plan``).
 
 Figures are *dense* (no 2:4 sparsity) tensor-core / cube-unit throughput in FLOP/s, per device as
 PyTorch sees it: one GPU, or one Ascend die (an Atlas A3 / 910C package holds two dies and
@@ -35,7 +35,9 @@ CHIP_PEAK_FLOPS: dict[str, dict[str, float]] = {
     "H800-SXM": {"bf16": 989.4 * TERA, "fp16": 989.4 * TERA, "tf32": 494.7 * TERA, "fp32": 67.0 * TERA},
     "H800-PCIe": {"bf16": 756.0 * TERA, "fp16": 756.0 * TERA, "tf32": 378.0 * TERA, "fp32": 51.2 * TERA},
     "A100": {"bf16": 312.0 * TERA, "fp16": 312.0 * TERA, "tf32": 156.0 * TERA, "fp32": 19.5 * TERA},
+    "A100-40GB": {"bf16": 312.0 * TERA, "fp16": 312.0 * TERA, "tf32": 156.0 * TERA, "fp32": 19.5 * TERA},
     "A800": {"bf16": 312.0 * TERA, "fp16": 312.0 * TERA, "tf32": 156.0 * TERA, "fp32": 19.5 * TERA},
+    "A800-40GB": {"bf16": 312.0 * TERA, "fp16": 312.0 * TERA, "tf32": 156.0 * TERA, "fp32": 19.5 * TERA},
     # --- Huawei Ascend (per chip for 910B, per die for A3). No FP32 cube figure is published. ---
     "Ascend910B1": {"bf16": 414.0 * TERA, "fp16": 414.0 * TERA},  # 24 AI cores at the top clock
     "Ascend910B2": {"bf16": 376.0 * TERA, "fp16": 376.0 * TERA},  # 24 AI cores
@@ -49,6 +51,40 @@ CHIP_PEAK_FLOPS: dict[str, dict[str, float]] = {
     "Ascend910_93-20core": {"bf16": 313.0 * TERA, "fp16": 313.0 * TERA},
 }
 
+GIB = 2**30
+
+# chip -> device memory (HBM) in bytes, per device as torch sees it, for `npu-retu plan`.
+# The datasheet capacity read as GiB: NVIDIA's and Huawei's "80 GB" / "64 GB" are whole HBM stacks
+# (5 x 16 GiB, 4 x 16 GiB), and what the driver then reports as the total (nvidia-smi's 81559 MiB on
+# an H100, npu-smi's 65536 MB on a 910B) is within 0.5 % of it. Not all of it is usable: the runtime
+# context, the caching allocator's fragmentation and communication buffers take a few GiB, which is
+# why the planner compares against the capacity minus a headroom (npu_retu.plan).
+# Sources: NVIDIA H100 datasheet (SXM5 80 GB HBM3, PCIe 80 GB HBM2e, NVL 94 GB), H200 datasheet
+# (SXM and NVL 141 GB HBM3e), A100 datasheet (40 GB and 80 GB variants, same compute; the A100 key
+# is the 80 GB part, A100-40GB the 40 GB one; likewise A800), H800 = H100 memory; Huawei Atlas 800T A2 /
+# 900 A2 PoD product pages (Ascend 910B1/B2/B2C/B3: 64 GB HBM2e per chip; 910B4: 32 GB); Atlas A3 /
+# 910C: 128 GB per package of two dies, 64 GB per die as torch_npu sees it.
+CHIP_MEMORY_BYTES: dict[str, int] = {
+    "H100-SXM": 80 * GIB,
+    "H100-PCIe": 80 * GIB,
+    "H100-NVL": 94 * GIB,
+    "H200": 141 * GIB,
+    "H200-NVL": 141 * GIB,
+    "H800-SXM": 80 * GIB,
+    "H800-PCIe": 80 * GIB,
+    "A100": 80 * GIB,
+    "A100-40GB": 40 * GIB,
+    "A800": 80 * GIB,
+    "A800-40GB": 40 * GIB,
+    "Ascend910B1": 64 * GIB,
+    "Ascend910B2": 64 * GIB,
+    "Ascend910B2C": 64 * GIB,
+    "Ascend910B3": 64 * GIB,
+    "Ascend910B4": 32 * GIB,
+    "Ascend910_93-24core": 64 * GIB,
+    "Ascend910_93-20core": 64 * GIB,
+}
+
 # (pattern on the lower-cased device name, chip). First match wins, so specific names come first:
 # "H100 NVL" and "H100 PCIe" before the bare "H100" that the SXM part reports
 # ('NVIDIA H100 80GB HBM3'), "910B2C" before "910B2", "H200 NVL" before "H200".
@@ -60,7 +96,9 @@ _NAME_PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"h200"), "H200"),  # also 'NVIDIA GH200 480GB' (an H100/H200-class GPU)
     (re.compile(r"h800.*pcie"), "H800-PCIe"),
     (re.compile(r"h800"), "H800-SXM"),
-    (re.compile(r"a100"), "A100"),  # 'NVIDIA A100-SXM4-80GB', 'NVIDIA A100-PCIE-40GB', ...
+    (re.compile(r"a100.*40\s*gb"), "A100-40GB"),  # 'NVIDIA A100-SXM4-40GB', 'NVIDIA A100-PCIE-40GB'
+    (re.compile(r"a100"), "A100"),  # 'NVIDIA A100-SXM4-80GB', 'NVIDIA A100 80GB PCIe', ...
+    (re.compile(r"a800.*40\s*gb"), "A800-40GB"),
     (re.compile(r"a800"), "A800"),
     (re.compile(r"ascend\s*910\s*b1"), "Ascend910B1"),
     (re.compile(r"ascend\s*910\s*b2c"), "Ascend910B2C"),
@@ -114,3 +152,19 @@ def peak_flops_for(chip_name: str | None, dtype: object = "bf16") -> float | Non
     if chip is None:
         return None
     return CHIP_PEAK_FLOPS[chip].get(dtype_key)
+
+
+def chip_key(chip_name: str | None) -> str | None:
+    """The table key for a chip key or a device name as the accelerator reports it, or None."""
+    if not chip_name:
+        return None
+    return chip_name if chip_name in CHIP_PEAK_FLOPS else chip_for_device_name(chip_name)
+
+
+def memory_bytes_for(chip_name: str | None) -> int | None:
+    """Device memory (HBM) of one device in bytes, or None for a CPU or an unknown chip.
+
+    ``chip_name`` is a key of :data:`CHIP_MEMORY_BYTES` or a device name as the accelerator reports it.
+    """
+    chip = chip_key(chip_name)
+    return None if chip is None else CHIP_MEMORY_BYTES.get(chip)

@@ -135,6 +135,61 @@ class MonitorConfig:
 
 
 @dataclass
+class EngineConfig:
+    """The training engine (npu_retu.engine): one process of plain PyTorch, or DeepSpeed ZeRO."""
+
+    # local: plain PyTorch AdamW; with several ranks it all-reduces the gradients (data parallel,
+    # every rank holds the whole model and optimizer). deepspeed: ZeRO stages 1-3 (shards the
+    # optimizer states / + gradients / + parameters across the data-parallel ranks).
+    name: Literal["local", "deepspeed"] = "local"
+    zero_stage: int = 2
+    # DeepSpeed's mixed precision (bf16 weights and gradients, fp32 master weights and Adam states);
+    # auto: bf16 on an accelerator that supports it, fp32 on CPU. The local engine trains in model.dtype.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    offload_optimizer: Literal["none", "cpu"] = "none"  # ZeRO-Offload: optimizer states and step on the host
+    offload_params: Literal["none", "cpu"] = "none"  # ZeRO-3 only: parameters live on the host
+    reduce_bucket_size: int = 500_000_000  # elements per gradient-reduction bucket (DeepSpeed)
+    # On Ascend: swap the Qwen2 / Llama RMSNorm, SwiGLU and rotary for the vendor's fused ops
+    # (npu_retu.device.apply_fused_ops); other devices run the transformers code unchanged.
+    fused_ops: bool = True
+
+    def validate(self) -> None:
+        _check(self.zero_stage in (0, 1, 2, 3), "engine.zero_stage", "0, 1, 2 or 3", self.zero_stage)
+        _check(
+            self.offload_params == "none" or (self.name == "deepspeed" and self.zero_stage == 3),
+            "engine.offload_params", "'none' unless engine.name=deepspeed and engine.zero_stage=3", self.offload_params,
+        )
+        _check(
+            self.offload_optimizer == "none" or (self.name == "deepspeed" and self.zero_stage >= 1),
+            "engine.offload_optimizer", "'none' unless engine.name=deepspeed and engine.zero_stage >= 1",
+            self.offload_optimizer,
+        )
+        _check(self.reduce_bucket_size > 0, "engine.reduce_bucket_size", "> 0", self.reduce_bucket_size)
+
+
+@dataclass
+class ClusterConfig:
+    """Where the ranks run (npu_retu.distributed): this process, or Ray workers placed by the driver."""
+
+    # local: this process is the whole job, or one rank of a job whose RANK / WORLD_SIZE /
+    # MASTER_ADDR / MASTER_PORT are already set (torchrun, the deepspeed launcher). ray: the Ray
+    # driver reserves one bundle per device and starts one worker actor per bundle.
+    launcher: Literal["local", "ray"] = "local"
+    ray_address: str = "auto"  # "auto": the running cluster (scripts/launch.sh starts it); "local": start one here
+    num_workers: int = 0  # ranks; 0 = one per device the Ray cluster has (required when it has none)
+    cpus_per_worker: int = 1
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    master_port: int = 0  # rank 0's torch.distributed port; 0 = a free port picked on rank 0's node
+    timeout_s: float = 1800.0  # collective timeout; a rank stuck longer fails instead of hanging
+
+    def validate(self) -> None:
+        _check(self.num_workers >= 0, "cluster.num_workers", ">= 0 (0: one per device)", self.num_workers)
+        _check(self.cpus_per_worker >= 1, "cluster.cpus_per_worker", ">= 1", self.cpus_per_worker)
+        _check(0 <= self.master_port < 65536, "cluster.master_port", "a port in 0..65535 (0: pick one)", self.master_port)
+        _check(self.timeout_s > 0, "cluster.timeout_s", "> 0", self.timeout_s)
+
+
+@dataclass
 class AlgoConfig:
     """The RL algorithm's knobs (paper §3.2, Eq. 2-4; Appendix B). ``rl.algorithm`` fills them from a
     preset (npu_retu.algos.presets: grpo, dapo_d, dapo_dc); keys given under ``rl.algo`` override it.
@@ -279,6 +334,8 @@ class Config:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):

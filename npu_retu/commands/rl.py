@@ -26,6 +26,13 @@ def run(args) -> int:
     if args.skip_bad_rows:
         overrides.append("data.skip_bad_rows=true")
     cfg = load_config(resolve_config_path(args.config), overrides)
+    if cfg.cluster.launcher == "ray":
+        from npu_retu.distributed.ray_driver import run_on_ray
+
+        summary = run_on_ray("rl", cfg, resume=args.resume, overwrite=args.overwrite)
+        print(f"\nrun folder: {summary['run_dir']}")
+        print(f"steps: {summary['steps']}, RL compute: {summary['flops']:.4g} FLOPs (evaluations: evals.json in the run folder)")
+        return 0
     result = train_rl(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"\nrun folder: {result.run_dir}")
     print(f"steps: {result.steps}, RL compute: {result.flops:.4g} FLOPs")

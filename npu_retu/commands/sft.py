@@ -27,6 +27,14 @@ def run(args) -> int:
 
     overrides = list(args.overrides) + (["data.skip_bad_rows=true"] if args.skip_bad_rows else [])
     cfg = load_config(resolve_config_path(args.config), overrides)
+    if cfg.cluster.launcher == "ray":
+        from npu_retu.distributed.ray_driver import run_on_ray
+
+        summary = run_on_ray("sft", cfg, resume=args.resume, overwrite=args.overwrite)
+        print(f"\nrun folder: {summary['run_dir']}")
+        print(f"steps: {summary['steps']}, training compute: {summary['flops']:.4g} FLOPs")
+        print(f"picked checkpoint: {summary['picked_checkpoint'] or 'none'} (phases.json in the run folder)")
+        return 0
     result = train_sft(cfg, resume=args.resume, overwrite=args.overwrite)
     print_sft_summary(result)
     return 0

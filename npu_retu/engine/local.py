@@ -2,8 +2,13 @@
 
 It owns the model, the AdamW optimizer and the learning-rate schedule, and exposes the engine
 interface the trainers use (DESIGN.md, "Interfaces"): ``forward_backward(batch, num_loss_tokens)``,
-``step()``, ``state_dict()`` / ``load_state_dict()`` and ``save_pretrained(dir, tokenizer)``. The
-DeepSpeed engine of a later issue implements the same interface.
+``step()``, ``evaluate_sums(batches)``, ``state_dict()`` / ``load_state_dict()``,
+``save_engine_files(dir)`` / ``load_engine_files(dir)`` and ``save_pretrained(dir, tokenizer)``.
+:class:`npu_retu.engine.deepspeed_engine.DeepSpeedEngine` implements the same interface.
+
+With several ranks (``world_size > 1``, torch.distributed initialised) it is plain data parallel:
+every rank holds the whole model and optimizer, and ``step()`` sums the gradients over the ranks
+before clipping, so the update equals one process's update on the whole batch.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from npu_retu.config import OptimConfig
+from npu_retu.errors import UserError
 
 
 def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
@@ -34,7 +40,7 @@ def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: s
     return min_lr_ratio + (1.0 - min_lr_ratio) * shape
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     # No weight decay on biases, norms and embeddings-sized 1-D parameters (the usual AdamW recipe).
     decay, no_decay = [], []
     for _, p in model.named_parameters():
@@ -44,26 +50,52 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def build_scheduler(optimizer, optim: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup then the configured decay, as a LambdaLR stepped once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_multiplier(
+            s,
+            warmup_steps=optim.warmup_steps,
+            total_steps=total_steps,
+            schedule=optim.schedule,
+            min_lr_ratio=optim.min_lr_ratio,
+        ),
+    )
+
+
+def next_token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Sum of the next-token negative log-likelihood over label tokens (Eq. 1), and their count.
+
+    ``batch`` is already on the model's device.
+    """
+    # use_cache=False: training needs no KV cache, and with one transformers ignores the
+    # restarted position_ids of packed sequences (documents would attend to each other).
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"), "use_cache": False}
+    if "position_ids" in batch:
+        kwargs["position_ids"] = batch["position_ids"]
+    logits = model(**kwargs).logits
+    labels = batch["labels"]
+    shifted_logits = logits[:, :-1, :].float()
+    shifted_labels = labels[:, 1:]
+    loss_sum = F.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.size(-1)), shifted_labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    return loss_sum, int((shifted_labels != -100).sum())
+
+
 class LocalEngine:
     """Single-process engine: model + AdamW + warmup/decay schedule + gradient clipping."""
 
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig, total_steps: int, device: torch.device):
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, total_steps: int, device: torch.device, world_size: int = 1):
         self.model = model.to(device)
         self.device = device
+        self.world_size = world_size
         self.optim_cfg = optim
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps
+            param_groups(self.model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_multiplier(
-                s,
-                warmup_steps=optim.warmup_steps,
-                total_steps=total_steps,
-                schedule=optim.schedule,
-                min_lr_ratio=optim.min_lr_ratio,
-            ),
-        )
+        self.scheduler = build_scheduler(self.optimizer, optim, total_steps)
         self.model.train()
 
     def forward_backward(self, batch: dict[str, torch.Tensor], num_loss_tokens: int) -> dict[str, float]:
@@ -79,24 +111,15 @@ class LocalEngine:
 
     def loss_sum(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Sum of the next-token negative log-likelihood over label tokens, and their count."""
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        # use_cache=False: training needs no KV cache, and with one transformers ignores the
-        # restarted position_ids of packed sequences (documents would attend to each other).
-        kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"), "use_cache": False}
-        if "position_ids" in batch:
-            kwargs["position_ids"] = batch["position_ids"]
-        logits = self.model(**kwargs).logits
-        labels = batch["labels"]
-        shifted_logits = logits[:, :-1, :].float()
-        shifted_labels = labels[:, 1:]
-        loss_sum = F.cross_entropy(
-            shifted_logits.reshape(-1, shifted_logits.size(-1)), shifted_labels.reshape(-1), ignore_index=-100, reduction="sum"
-        )
-        return loss_sum, int((shifted_labels != -100).sum())
+        return next_token_loss_sum(self.model, {k: v.to(self.device) for k, v in batch.items()})
 
     @torch.no_grad()
-    def evaluate(self, batches) -> float:
-        """Token-mean validation loss over ``batches`` (eval mode, no gradients)."""
+    def evaluate_sums(self, batches, *, pad_to: int | None = None) -> tuple[float, int]:
+        """Summed validation loss and its token count over ``batches`` (eval mode, no gradients).
+
+        ``pad_to`` exists for the DeepSpeed engine's interface (ZeRO-3 needs equal forward counts
+        on every rank); here it changes nothing.
+        """
         was_training = self.model.training
         self.model.eval()
         total, count = 0.0, 0
@@ -105,12 +128,21 @@ class LocalEngine:
             total += float(loss_sum)
             count += n
         self.model.train(was_training)
+        return total, count
+
+    def evaluate(self, batches) -> float:
+        """Token-mean validation loss over ``batches``."""
+        total, count = self.evaluate_sums(batches)
         return total / max(1, count)
 
     def step(self) -> dict[str, float]:
-        """Clip, apply the optimizer, advance the schedule; returns grad norm (before clipping) and lr."""
+        """Sum gradients over the ranks, clip, apply the optimizer, advance the schedule; returns the
+        grad norm (before clipping) and lr."""
+        from npu_retu.distributed.process_group import all_reduce_gradients
+
         max_norm = self.optim_cfg.max_grad_norm
         params = [p for p in self.model.parameters() if p.grad is not None]
+        all_reduce_gradients(params, self.world_size)
         if max_norm > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         else:
@@ -125,11 +157,22 @@ class LocalEngine:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("engine") == "deepspeed":
+            raise UserError("this checkpoint was written by the DeepSpeed engine; resume it with engine.name=deepspeed")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
-    def save_pretrained(self, path, tokenizer=None) -> None:
-        """Hugging Face layout: model.safetensors + config.json (+ generation config, tokenizer)."""
+    def save_engine_files(self, checkpoint_dir) -> None:
+        """Nothing beyond :meth:`state_dict`, which the trainer puts in trainer_state.pt."""
+
+    def load_engine_files(self, checkpoint_dir) -> None:
+        """Nothing beyond :meth:`load_state_dict`."""
+
+    def save_pretrained(self, path, tokenizer=None, *, is_main: bool = True) -> None:
+        """Hugging Face layout: model.safetensors + config.json (+ generation config, tokenizer),
+        written by rank 0 (every rank holds the same weights)."""
+        if not is_main:
+            return
         self.model.save_pretrained(path, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(path)

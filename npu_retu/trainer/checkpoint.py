@@ -45,20 +45,39 @@ def save_checkpoint(
     write_model: Callable[[Path], None],
     trainer_state: dict[str, Any],
     *,
+    write_engine_files: Callable[[Path], None] | None = None,
+    ranks: Any = None,
     _after_model_hook: Callable[[], None] | None = None,
 ) -> Path:
     """Write a complete checkpoint for ``step`` atomically and return its folder.
 
-    ``write_model(tmp_dir)`` writes the Hugging Face files (weights, config, tokenizer).
+    ``write_model(tmp_dir)`` writes the Hugging Face files (weights, config, tokenizer);
+    ``write_engine_files(tmp_dir)`` the engine's own state files (DeepSpeed's shards).
+    With several ranks (``ranks``: a :class:`npu_retu.distributed.process_group.RankInfo`) every
+    rank calls this: all of them write their engine files into the same temporary folder, and
+    rank 0 writes the trainer state and renames the folder once every rank is done.
     """
+    from npu_retu.distributed.process_group import barrier
+
+    is_main = ranks is None or ranks.is_main
+    distributed = ranks is not None and ranks.distributed
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
     final = checkpoint_dir(run_dir, step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    tmp.mkdir()
+    # one temporary folder name shared by all ranks (their pids differ)
+    tmp = root / (f".tmp-{final.name}-dist" if distributed else f".tmp-{final.name}-{os.getpid()}")
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    barrier()
+    if write_engine_files is not None:
+        write_engine_files(tmp)
     write_model(tmp)
+    barrier()
+    if not is_main:
+        barrier()  # wait for rank 0's rename
+        return final
     if _after_model_hook is not None:  # tests use this to die mid-save
         _after_model_hook()
     torch.save(trainer_state, tmp / TRAINER_STATE)
@@ -71,6 +90,7 @@ def save_checkpoint(
         os.fsync(fd)
     finally:
         os.close(fd)
+    barrier()
     return final
 
 

@@ -41,6 +41,12 @@ def run_pipeline(cfg: Config, *, resume: bool = False, overwrite: bool = False, 
     from npu_retu.trainer.rl import train_rl
     from npu_retu.trainer.sft import prepare_run_dir, train_sft
 
+    if cfg.cluster.launcher != "local":
+        raise UserError(
+            "the pipeline runs in one process; on a cluster run its stages as `npu-retu sft` and then "
+            "`npu-retu rl --model <picked checkpoint>`, each with cluster.launcher=ray"
+        )
+
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     root = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     dump_config(cfg, root / "config.yaml")

@@ -86,6 +86,24 @@ def rollout_seed(run_seed: int, step: int, draw: int) -> int:
     return (run_seed * 1_000_003 + step * 1_009 + draw) % (2**31)
 
 
+def check_rl_scale(cfg: Config, environ=None) -> None:
+    """RL runs as one rank with the local engine for now: refuse what it cannot do yet, clearly,
+    instead of silently training each rank on its own."""
+    from npu_retu.distributed.process_group import rank_info_from_env
+
+    if cfg.engine.name != "local":
+        raise UserError(
+            f"engine.name={cfg.engine.name}: the RL trainer runs with the local engine only (DeepSpeed ZeRO is wired "
+            "for SFT); set engine.name=local for RL"
+        )
+    world = rank_info_from_env(environ).world_size
+    if world > 1:
+        raise UserError(
+            f"WORLD_SIZE={world}: data-parallel RL is not implemented yet; run RL as one rank "
+            "(cluster.num_workers=1 with cluster.launcher=ray)"
+        )
+
+
 def train_rl(
     cfg: Config,
     *,
@@ -118,6 +136,7 @@ def train_rl(
     if cfg.run.device != "auto":
         set_backend(cfg.run.device)
     backend = get_backend()
+    check_rl_scale(cfg)
     run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     dump_config(cfg, run_dir / "config.yaml")
     backend.manual_seed(cfg.run.seed)

@@ -8,6 +8,12 @@ One plain loop, top to bottom:
 Everything is logged against steps and cumulative training FLOPs (Appendix C, Eq. 21), because
 compute is the paper's x-axis. ``resume=True`` continues exactly from the newest complete
 checkpoint: same weights, optimizer, schedule, RNG, data position and monitor state.
+
+Data parallel: when this process is one rank of several (RANK / WORLD_SIZE set by the Ray driver,
+torchrun or the deepspeed launcher), every rank draws the same micro-batches of the step and trains
+on every world_size-th one; the loss is normalised by the step's token count over all ranks, so the
+update is the single-process update. Rank 0 writes the run folder; all ranks write DeepSpeed's
+checkpoint shards.
 """
 
 from __future__ import annotations
@@ -37,10 +43,12 @@ class SFTResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
-def prepare_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> Path:
+def prepare_run_dir(cfg: Config, *, resume: bool, overwrite: bool, is_main: bool = True) -> Path:
     import shutil
 
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    if not is_main:  # rank 0 prepares the folder; the others wait for it at a barrier
+        return run_dir
     if run_dir.exists() and not resume:
         if not overwrite and any(run_dir.iterdir()):
             raise UserError(f"run folder {run_dir} already exists; pass --resume to continue it or --overwrite to start again")
@@ -91,19 +99,29 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
     from npu_retu.data.batching import SFTBatcher, pad_batch
     from npu_retu.data.errors import BadRowCounter
     from npu_retu.device import get_backend, set_backend
-    from npu_retu.engine.local import LocalEngine
+    from npu_retu.distributed import process_group as pg
+    from npu_retu.engine import build_engine
     from npu_retu.flops import ModelShape, mfu, tokens_flops
     from npu_retu.modeling import load_model, load_tokenizer
     from npu_retu.monitor.online import PhaseMonitor
     from npu_retu.report.metrics import MetricsLogger
     from npu_retu.trainer import checkpoint as ckpt
 
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     if cfg.run.device != "auto":
         set_backend(cfg.run.device)
     backend = get_backend()
-    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
-    dump_config(cfg, run_dir / "config.yaml")
+    ranks = pg.init_process_group(backend, cfg.cluster.timeout_s)
+    say = (lambda *a: None) if quiet or not ranks.is_main else (lambda *a: print(*a, flush=True))
+    accum = cfg.sft.global_batch_size // cfg.sft.micro_batch_size
+    if accum % ranks.world_size:
+        raise UserError(
+            f"sft.global_batch_size ({cfg.sft.global_batch_size}) must be a multiple of sft.micro_batch_size x ranks "
+            f"({cfg.sft.micro_batch_size} x {ranks.world_size}) so that every rank trains on the same number of micro-batches"
+        )
+    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite, is_main=ranks.is_main)
+    if ranks.is_main:
+        dump_config(cfg, run_dir / "config.yaml")
+    pg.barrier()
     backend.manual_seed(cfg.run.seed)
 
     resume_from = ckpt.latest_checkpoint(run_dir) if resume else None
@@ -117,7 +135,6 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
     counter = BadRowCounter()
     train, val = load_sft_data(cfg, tokenizer, counter)
     steps_total = total_steps(cfg, len(train))
-    accum = cfg.sft.global_batch_size // cfg.sft.micro_batch_size
     batcher = SFTBatcher(
         train,
         micro_batch_size=cfg.sft.micro_batch_size,
@@ -130,7 +147,13 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
     val_batches = [
         pad_batch(val[i : i + cfg.sft.eval_batch_size], tokenizer.pad_token_id) for i in range(0, len(val), cfg.sft.eval_batch_size)
     ]
-    engine = LocalEngine(model, cfg.optim, steps_total, backend.device())
+    # this rank's share of the validation batches; ZeRO-3 needs the same forward count on every rank
+    my_val_batches = val_batches[ranks.rank :: ranks.world_size]
+    val_forwards = math.ceil(len(val_batches) / ranks.world_size)
+    engine = build_engine(
+        cfg, model, total_steps=steps_total, backend=backend, world_size=ranks.world_size,
+        micro_batch_size=cfg.sft.micro_batch_size, grad_accum_steps=accum // ranks.world_size,
+    )
     shape = ModelShape.from_hf_config(model.config)
     peak = backend.peak_flops("bf16" if cfg.model.dtype == "bfloat16" else "fp32" if cfg.model.dtype == "float32" else "fp16")
     monitor = PhaseMonitor(delta=cfg.monitor.delta, delta2=cfg.monitor.delta2, patience=cfg.monitor.patience, pick=cfg.monitor.pick)
@@ -139,21 +162,23 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
         engine.load_state_dict(state["engine"])
+        engine.load_engine_files(resume_from)
         batcher.load_state_dict(state["batcher"])
         monitor.load_state_dict(state["monitor"])
         backend.set_rng_state(state["rng"])
         step, flops, tokens_seen, elapsed = state["step"], state["flops"], state["tokens"], state["elapsed"]
         say(f"sft: resumed from {resume_from} (step {step})")
-    logger = MetricsLogger(run_dir, resume_step=step if resume_from is not None else None)
+    logger = MetricsLogger(run_dir, resume_step=step if resume_from is not None else None) if ranks.is_main else _NullLogger()
 
     say(
         f"sft: {len(train)} train / {len(val)} validation examples, {steps_total} steps of {cfg.sft.global_batch_size} "
-        f"({accum} x {cfg.sft.micro_batch_size}), device {backend.name}"
+        f"({accum} x {cfg.sft.micro_batch_size}), device {backend.name}, engine {cfg.engine.name}"
+        + (f", {ranks.world_size} ranks ({backend.dist_backend})" if ranks.distributed else "")
     )
     if not val and cfg.monitor.enabled:
         raise UserError("the phase monitor needs validation data: set data.val_files or data.val_size")
 
-    progress = _progress_bar(steps_total, step, enabled=cfg.run.progress and not quiet)
+    progress = _progress_bar(steps_total, step, enabled=cfg.run.progress and not quiet and ranks.is_main)
     stop_reason = None
     try:
         while step < steps_total:
@@ -161,9 +186,10 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
             micro_batches = [next(batcher) for _ in range(accum)]
             num_loss_tokens = sum(int((mb["labels"][:, 1:] != -100).sum()) for mb in micro_batches)
             loss_sum = 0.0
-            for mb in micro_batches:
+            for mb in micro_batches[ranks.rank :: ranks.world_size]:
                 loss_sum += engine.forward_backward(mb, num_loss_tokens)["loss_sum"]
             stats = engine.step()
+            (loss_sum,) = pg.all_reduce_sum([loss_sum])
             backend.synchronize()
             dt = time.perf_counter() - t0
             elapsed += dt
@@ -193,13 +219,15 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
             at_save = step % cfg.sft.save_every == 0 or step == steps_total
             decision = None
             if at_eval and val_batches:
-                val_loss = engine.evaluate(val_batches)
+                val_sum, val_count = pg.all_reduce_sum(engine.evaluate_sums(my_val_batches, pad_to=val_forwards))
+                val_loss = val_sum / max(1, val_count)
                 decision = monitor.observe(step, flops, val_loss, has_checkpoint=at_save) if cfg.monitor.enabled else None
                 val_row = {"val/loss": val_loss}
                 if decision is not None:
                     val_row.update({"monitor/phase": decision.phase, "monitor/action": decision.action})
                 logger.log(step, flops, val_row)
-                progress.write(f"step {step:>6}  val loss {val_loss:.4f}" + (f"  [{val_row['monitor/phase']}] {decision.action}" if decision else ""))
+                if ranks.is_main:
+                    progress.write(f"step {step:>6}  val loss {val_loss:.4f}" + (f"  [{val_row['monitor/phase']}] {decision.action}" if decision else ""))
             if at_save:
                 state = {
                     "step": step,
@@ -213,8 +241,12 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
                     "config": cfg.to_dict(),
                 }
                 hook = (lambda s=step: _crash_hook(s)) if _crash_hook else _fault_injection_hook(step)
-                ckpt.save_checkpoint(run_dir, step, lambda d: engine.save_pretrained(d, tokenizer), state, _after_model_hook=hook)
-                ckpt.prune_checkpoints(run_dir, cfg.sft.keep_checkpoints, protect=_best_steps(monitor))
+                ckpt.save_checkpoint(
+                    run_dir, step, lambda d: engine.save_pretrained(d, tokenizer, is_main=ranks.is_main), state,
+                    write_engine_files=engine.save_engine_files, ranks=ranks, _after_model_hook=hook,
+                )
+                if ranks.is_main:
+                    ckpt.prune_checkpoints(run_dir, cfg.sft.keep_checkpoints, protect=_best_steps(monitor))
             if decision is not None and decision.action != "continue" and cfg.monitor.stop_on_decision:
                 stop_reason = f"monitor: {decision.action} at step {step} ({decision.reason})"
                 break
@@ -226,6 +258,9 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
         say(stop_reason)
     if counter.skipped:
         say(counter.summary())
+    pg.barrier()
+    if not ranks.is_main:  # rank 0 labels the curve and writes phases.json
+        return SFTResult(run_dir=run_dir, steps=step, flops=flops, picked_step=None, picked_checkpoint=None, skipped_rows=counter.skipped)
     return finish_sft(cfg, run_dir, monitor, step, flops, counter.skipped, say)
 
 
@@ -295,6 +330,16 @@ def _best_steps(monitor) -> set[int]:
     if monitor.first_decision is not None:
         keep.add(monitor.first_decision.checkpoint_step)
     return {s for s in keep if s is not None}
+
+
+class _NullLogger:
+    """Ranks other than 0 log nothing (rank 0 writes metrics.jsonl and TensorBoard)."""
+
+    def log(self, step, flops, row) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

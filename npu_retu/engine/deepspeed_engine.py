@@ -1,0 +1,248 @@
+"""The DeepSpeed training engine: ZeRO stages 0-3 behind the same interface as the local engine.
+
+The trainer sees the same five calls as with :class:`npu_retu.engine.local.LocalEngine`
+(``forward_backward``, ``step``, ``evaluate_sums``, checkpoint files, ``save_pretrained``). Inside:
+
+* the DeepSpeed accelerator is the device layer's device type (``DS_ACCELERATOR``: cpu / cuda /
+  npu), and torch.distributed runs on the device layer's backend (gloo / nccl / hccl);
+* the optimizer is torch AdamW handed to DeepSpeed (the same update as the local engine), or
+  DeepSpeed's CPU Adam when the optimizer states are offloaded (ZeRO-Offload);
+* the learning-rate schedule is the local engine's warmup + decay, stepped by DeepSpeed at each
+  gradient-accumulation boundary;
+* gradient accumulation is DeepSpeed's: one ``backward`` + ``step`` per micro-batch, the optimizer
+  runs at the boundary.
+
+Loss scaling: the trainer passes the token count of the whole optimizer step (all micro-batches of
+all ranks), so each micro-batch contributes ``loss_sum / num_loss_tokens``: the sum of these over
+micro-batches and ranks is the token mean of Eq. 1. DeepSpeed *averages* gradients over the
+data-parallel ranks, so the loss is multiplied by the number of ranks first, and ``backward`` is
+told not to divide by the accumulation steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from npu_retu.config import EngineConfig, OptimConfig
+from npu_retu.engine.local import build_scheduler, next_token_loss_sum, param_groups
+from npu_retu.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_SUBDIR = "deepspeed"  # inside a checkpoint folder: DeepSpeed's own per-rank files
+CHECKPOINT_TAG = "state"
+
+
+def resolve_precision(engine_cfg: EngineConfig, backend: Any) -> str:
+    """'bf16' or 'fp32': ``auto`` takes bf16 on an accelerator that has it, fp32 on CPU."""
+    if engine_cfg.precision != "auto":
+        return engine_cfg.precision
+    return "bf16" if backend.is_accelerator and backend.supports_bf16() else "fp32"
+
+
+def deepspeed_config(
+    engine_cfg: EngineConfig,
+    optim: OptimConfig,
+    *,
+    micro_batch_size: int,
+    grad_accum_steps: int,
+    world_size: int,
+    precision: str,
+) -> dict[str, Any]:
+    """The DeepSpeed config dict for these settings (what a user would write as ds_config.json)."""
+    zero: dict[str, Any] = {
+        "stage": engine_cfg.zero_stage,
+        "reduce_bucket_size": engine_cfg.reduce_bucket_size,
+        "allgather_bucket_size": engine_cfg.reduce_bucket_size,
+        "overlap_comm": False,
+        "contiguous_gradients": True,
+    }
+    if engine_cfg.zero_stage == 3:
+        # HF export gathers the 16-bit weights on rank 0 (save_pretrained below)
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+        zero["stage3_prefetch_bucket_size"] = engine_cfg.reduce_bucket_size
+        zero["stage3_param_persistence_threshold"] = 10_000
+    if engine_cfg.offload_optimizer == "cpu":
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if engine_cfg.offload_params == "cpu":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum_steps,
+        "train_batch_size": micro_batch_size * grad_accum_steps * world_size,
+        "gradient_clipping": optim.max_grad_norm if optim.max_grad_norm > 0 else 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": False},
+        "zero_allow_untested_optimizer": True,  # torch AdamW as a client optimizer
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    if engine_cfg.offload_optimizer == "cpu":
+        # ZeRO-Offload steps the optimizer on the host with DeepSpeed's CPU Adam (decoupled decay)
+        config["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps, "weight_decay": optim.weight_decay},
+        }
+    return config
+
+
+def import_deepspeed(backend: Any):
+    """Import DeepSpeed with its accelerator set to this backend's device type.
+
+    DeepSpeed picks its accelerator once, at import, from ``DS_ACCELERATOR`` (else by probing);
+    setting it from the device layer keeps it in step with the rest of the process.
+    """
+    wanted = backend.device_type
+    current = os.environ.get("DS_ACCELERATOR")
+    if current and current != wanted:
+        raise UserError(f"DS_ACCELERATOR={current!r} but the device layer chose {wanted!r}; unset DS_ACCELERATOR or set run.device")
+    os.environ["DS_ACCELERATOR"] = wanted
+    try:
+        import deepspeed
+    except ImportError as e:
+        raise UserError(f"engine.name=deepspeed needs DeepSpeed: {e} (pip install 'npu-retu[distributed]')") from None
+    from deepspeed.accelerator import get_accelerator
+
+    chosen = get_accelerator()._name
+    if chosen != wanted:
+        raise UserError(f"DeepSpeed was already imported with accelerator {chosen!r}, not {wanted!r}")
+    return deepspeed
+
+
+class DeepSpeedEngine:
+    """ZeRO-sharded data-parallel training of one model (one instance per rank)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optim: OptimConfig,
+        engine_cfg: EngineConfig,
+        *,
+        total_steps: int,
+        backend: Any,
+        world_size: int,
+        micro_batch_size: int,
+        grad_accum_steps: int,
+    ):
+        from npu_retu.distributed.process_group import ensure_single_process_group
+
+        deepspeed = import_deepspeed(backend)
+        ensure_single_process_group(backend)  # DeepSpeed always needs a process group, even of one
+        self.world_size = world_size
+        self.backend = backend
+        self.engine_cfg = engine_cfg
+        self.precision = resolve_precision(engine_cfg, backend)
+        self.device = backend.device()
+        config = deepspeed_config(
+            engine_cfg, optim, micro_batch_size=micro_batch_size, grad_accum_steps=grad_accum_steps,
+            world_size=world_size, precision=self.precision,
+        )
+        client_optimizer = None
+        if engine_cfg.offload_optimizer == "none":
+            client_optimizer = torch.optim.AdamW(
+                param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps
+            )
+        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            optimizer=client_optimizer,
+            model_parameters=None if client_optimizer is not None else param_groups(model, optim.weight_decay),
+            lr_scheduler=lambda opt: build_scheduler(opt, optim, total_steps),
+            config=config,
+        )
+        self.model = self.ds.module
+        self.ds.train()
+
+    # ---- training -------------------------------------------------------------------------------
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], num_loss_tokens: int) -> dict[str, float]:
+        """One micro-batch: loss_sum / num_loss_tokens (the step's tokens over all ranks), backward.
+
+        Between boundaries DeepSpeed's ``step`` only counts the micro-batch; the optimizer runs
+        in :meth:`step`, after the last micro-batch of the optimizer step.
+        """
+        loss_sum, n_tokens = self._loss_sum(batch, self.ds)
+        scaled = loss_sum * (self.world_size / max(1, num_loss_tokens))
+        self.ds.backward(scaled, scale_wrt_gas=False)
+        if not self.ds.is_gradient_accumulation_boundary():
+            self.ds.step()
+        return {"loss_sum": float(loss_sum.detach()), "tokens": n_tokens}
+
+    def step(self) -> dict[str, float]:
+        """The accumulation boundary: reduce gradients, clip, optimizer step, schedule step."""
+        if not self.ds.is_gradient_accumulation_boundary():
+            raise RuntimeError("DeepSpeedEngine.step() before the last micro-batch of the optimizer step")
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.ds.step()
+        grad_norm = self.ds.get_global_grad_norm()
+        return {"grad_norm": float(grad_norm) if grad_norm is not None else float("nan"), "lr": lr}
+
+    def _loss_sum(self, batch, module) -> tuple[torch.Tensor, int]:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        return next_token_loss_sum(module, batch)
+
+    @torch.no_grad()
+    def evaluate_sums(self, batches, *, pad_to: int | None = None) -> tuple[float, int]:
+        """Summed validation loss and token count over ``batches`` (this rank's share).
+
+        Under ZeRO-3 every forward gathers parameters from all ranks, so every rank must run the
+        same number of forwards: ``pad_to`` repeats the first batch (its result discarded).
+        """
+        self.ds.eval()
+        total, count = 0.0, 0
+        batches = list(batches)
+        runs = max(len(batches), pad_to or 0)
+        for i in range(runs):
+            batch = batches[i] if i < len(batches) else (batches[0] if batches else None)
+            if batch is None:
+                break
+            loss_sum, n = self._loss_sum(batch, self.ds)
+            if i < len(batches):
+                total += float(loss_sum)
+                count += n
+        self.ds.train()
+        return total, count
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What goes into trainer_state.pt: only a marker; DeepSpeed keeps its state in its own files."""
+        return {"engine": "deepspeed", "zero_stage": self.engine_cfg.zero_stage, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("engine") != "deepspeed":
+            raise UserError("this checkpoint was written by the local engine; resume it with engine.name=local")
+
+    def save_engine_files(self, checkpoint_dir: Path) -> None:
+        """DeepSpeed's checkpoint (fp32 master weights, optimizer shards, schedule) under
+        ``checkpoint_dir/deepspeed``; a collective: every rank calls it."""
+        self.ds.save_checkpoint(str(Path(checkpoint_dir) / CHECKPOINT_SUBDIR), tag=CHECKPOINT_TAG)
+
+    def load_engine_files(self, checkpoint_dir: Path) -> None:
+        folder = Path(checkpoint_dir) / CHECKPOINT_SUBDIR
+        if not (folder / CHECKPOINT_TAG).is_dir():
+            raise UserError(f"{checkpoint_dir} has no DeepSpeed state ({folder / CHECKPOINT_TAG}); was it written by engine.name=local?")
+        load_path, _ = self.ds.load_checkpoint(
+            str(folder), tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if load_path is None:
+            raise UserError(f"DeepSpeed could not load its checkpoint from {folder}")
+
+    def save_pretrained(self, path, tokenizer=None, *, is_main: bool = True) -> None:
+        """Hugging Face safetensors of the current weights; every rank calls it (ZeRO-3 gathers the
+        shards), rank 0 writes."""
+        state_dict = None
+        if self.engine_cfg.zero_stage == 3:
+            state_dict = self.ds._zero3_consolidated_16bit_state_dict()
+        if not is_main:
+            return
+        if state_dict is None:
+            state_dict = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        self.model.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)

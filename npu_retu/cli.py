@@ -20,6 +20,7 @@ COMMANDS = {
     "phases": "phases",
     "fit": "fit",
     "flops": "flops",
+    "plan": "plan",
     "data": "data",
     "doctor": "doctor",
     "bench": "bench",

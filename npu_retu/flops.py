@@ -52,7 +52,7 @@ class ModelShape:
         ``num_attention_heads`` (plain multi-head attention). Multimodal configs that keep the
         language model under ``text_config`` are read from there.
         """
-        values, source = _config_values(config)
+        values, source = read_model_config(config)
         if "num_hidden_layers" not in values and isinstance(values.get("text_config"), Mapping):
             values, source = dict(values["text_config"]), f"{source} (text_config)"
 
@@ -89,7 +89,7 @@ class ModelShape:
         )
 
 
-def _config_values(config) -> tuple[dict, str]:
+def read_model_config(config) -> tuple[dict, str]:
     """The config as a plain dict, and words that name where it came from (for error messages)."""
     if isinstance(config, (str, os.PathLike)):
         path = Path(config)

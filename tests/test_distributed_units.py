@@ -104,14 +104,38 @@ def test_rank_environment():
         rank_info_from_env({"WORLD_SIZE": "two"})
 
 
-def test_rl_refuses_what_it_cannot_do_yet():
+def test_rl_refuses_zero3():
     from npu_retu.trainer.rl import check_rl_scale
 
-    with pytest.raises(UserError, match="engine.name=deepspeed"):
-        check_rl_scale(load_config(None, ["engine.name=deepspeed"]), environ={})
-    with pytest.raises(UserError, match="data-parallel RL is not implemented"):
-        check_rl_scale(load_config(None), environ={"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "1"})
-    check_rl_scale(load_config(None), environ={})  # one rank, local engine: fine
+    with pytest.raises(UserError, match="engine.zero_stage=3 with RL"):
+        check_rl_scale(load_config(None, ["engine.name=deepspeed", "engine.zero_stage=3"]))
+    check_rl_scale(load_config(None, ["engine.name=deepspeed", "engine.zero_stage=2"]))
+    check_rl_scale(load_config(None))
+
+
+def test_interleave_undoes_the_round_robin_split():
+    from npu_retu.distributed.process_group import interleave
+
+    items = list(range(11))
+    for world in (1, 2, 3, 4, 11, 13):
+        assert interleave([items[r::world] for r in range(world)]) == items
+
+
+def test_merged_shard_results_equal_the_whole_evaluation():
+    from npu_retu.eval.runner import EvalResult, merge_results
+    from npu_retu.eval.metrics import avg_at_k, mean_pass_at_k
+
+    scores = [[1, 0], [0, 0], [1, 1], [0, 1], [1, 0]]
+    def part(rows, tokens, truncated):
+        return EvalResult(scores=rows, avg_at_n=0.0, avg_at_n_stderr=0.0, pass_at_k={}, n=2, temperature=0.7, top_p=1.0,
+                          max_new_tokens=9, num_problems=len(rows), seed=1, mean_response_tokens=tokens, truncated_fraction=truncated)
+    merged = merge_results([part(scores[0::2], 10.0, 0.5), part(scores[1::2], 4.0, 0.0)], ks=(1, 2))
+    assert merged.scores == scores and merged.num_problems == 5
+    assert merged.avg_at_n == pytest.approx(avg_at_k(scores)) == pytest.approx(0.5)
+    assert merged.pass_at_k[2] == pytest.approx(mean_pass_at_k([[s > 0 for s in r] for r in scores], 2)) == pytest.approx(0.8)
+    # sample-weighted: 6 samples at 10 tokens, 4 at 4
+    assert merged.mean_response_tokens == pytest.approx((6 * 10 + 4 * 4) / 10)
+    assert merged.truncated_fraction == pytest.approx(0.3)
 
 
 def test_pipeline_refuses_the_ray_launcher(tmp_path):

@@ -275,6 +275,9 @@ class GradRecorder:
     def __init__(self, model):
         self.model, self.device, self.grads = model, torch.device("cpu"), []
 
+    def backward(self, loss, *, last=True):
+        loss.backward()
+
     def step(self):
         self.grads.append(torch.cat([p.grad.flatten().clone() for p in self.model.parameters()]))
         self.model.zero_grad(set_to_none=True)

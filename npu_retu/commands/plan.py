@@ -351,9 +351,6 @@ def _rl(cfg, args, spec, devices, peak, notes):
              "sequences_per_mini_batch": sequences_per_mini, "sequences_per_device_per_mini_batch": per_device,
              "micro_batch_per_device": micro, "rollout_sequences_per_device": rollout_sequences,
              "max_prompt_length": rl.max_prompt_length, "max_response_length": rl.max_response_length}
-    if cfg.engine.name != "local" or devices > 1:
-        notes.append("npu-retu rl runs one rank with the local engine today (trainer/rl.py check_rl_scale); this "
-                     "plan is for data-parallel RL with the configured engine, each device generating its share")
     notes.append("the rollout engine is transformers generate (rl.rollout.engine): decoding is memory-bound, so "
                  "the MFU of generation is far below training's; measure it (npu-retu bench rl) and pass --mfu")
 

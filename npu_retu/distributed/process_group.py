@@ -121,14 +121,41 @@ def all_reduce_sum(values: Sequence[float], device: Any = None) -> list[float]:
     return [float(v) for v in tensor.cpu()]
 
 
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` when not distributed."""
+    if not is_initialized():
+        return [obj]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def interleave(per_rank: list[list[Any]]) -> list[Any]:
+    """Undo the round-robin split ``items[rank::world_size]``: rank r's j-th item was item r + j*W."""
+    out: list[Any] = []
+    for j in range(max((len(part) for part in per_rank), default=0)):
+        out.extend(part[j] for part in per_rank if j < len(part))
+    return out
+
+
 def all_reduce_gradients(parameters, world_size: int) -> None:
-    """Sum every gradient over the ranks (in one flat buffer per dtype and device)."""
+    """Sum every gradient over the ranks (in one flat buffer per dtype and device).
+
+    A parameter without a gradient on this rank (a rank that trained on nothing this step) takes
+    part with zeros, so that every rank reduces the same buffers.
+    """
     if world_size <= 1 or not is_initialized():
         return
     import torch
     import torch.distributed as dist
 
-    grads = [p.grad for p in parameters if p.grad is not None]
+    parameters = [p for p in parameters if p.requires_grad]
+    for p in parameters:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in parameters]
     groups: dict[tuple, list] = {}
     for g in grads:
         groups.setdefault((g.dtype, g.device), []).append(g)

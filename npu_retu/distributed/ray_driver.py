@@ -133,8 +133,6 @@ def run_on_ray(task: str, cfg: Any, *, resume: bool = False, overwrite: bool = F
     group, workers = None, []
     try:
         n = worker_count(cfg.cluster, backend, ray.cluster_resources())
-        if task == "rl" and n > 1:
-            raise UserError(f"cluster.num_workers={n}: data-parallel RL is not implemented yet; use cluster.num_workers=1 for RL")
         bundles = [backend.ray_bundle(cfg.cluster.cpus_per_worker) for _ in range(n)]
         group = placement_group(bundles, strategy=cfg.cluster.placement_strategy)
         if not _wait_ready(group, timeout_s=cfg.cluster.timeout_s):

@@ -173,6 +173,13 @@ class DeepSpeedEngine:
             self.ds.step()
         return {"loss_sum": float(loss_sum.detach()), "tokens": n_tokens}
 
+    def backward(self, loss, *, last: bool) -> None:
+        """Backpropagate one micro-batch's share of a step's loss (already divided by the step's
+        global token count, as the RL update does); ``last`` marks this rank's final micro-batch of
+        the optimizer step, where DeepSpeed reduces the gradients (every rank must reach it once)."""
+        self.ds.set_gradient_accumulation_boundary(last)
+        self.ds.backward(loss * self.world_size, scale_wrt_gas=False)
+
     def step(self) -> dict[str, float]:
         """The accumulation boundary: reduce gradients, clip, optimizer step, schedule step."""
         if not self.ds.is_gradient_accumulation_boundary():

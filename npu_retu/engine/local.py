@@ -109,6 +109,11 @@ class LocalEngine:
         (loss_sum / max(1, num_loss_tokens)).backward()
         return {"loss_sum": float(loss_sum.detach()), "tokens": n_tokens}
 
+    def backward(self, loss, *, last: bool = True) -> None:
+        """Backpropagate a loss already scaled by the step's global token count (the RL update);
+        gradients accumulate until :meth:`step`. ``last`` matters to DeepSpeed only."""
+        loss.backward()
+
     def loss_sum(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Sum of the next-token negative log-likelihood over label tokens, and their count."""
         return next_token_loss_sum(self.model, {k: v.to(self.device) for k, v in batch.items()})
@@ -141,8 +146,8 @@ class LocalEngine:
         from npu_retu.distributed.process_group import all_reduce_gradients
 
         max_norm = self.optim_cfg.max_grad_norm
+        all_reduce_gradients(list(self.model.parameters()), self.world_size)
         params = [p for p in self.model.parameters() if p.grad is not None]
-        all_reduce_gradients(params, self.world_size)
         if max_norm > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         else:

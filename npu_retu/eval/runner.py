@@ -121,3 +121,30 @@ def evaluate(
         mean_response_tokens=sum(t.num_response_tokens for t in trajectories) / len(trajectories),
         truncated_fraction=sum(t.finish_reason == "length" for t in trajectories) / len(trajectories),
     )
+
+
+def merge_results(parts: list[EvalResult], ks: Sequence[int] = (1,)) -> EvalResult:
+    """One result from the results of round-robin shards of the problems (shard r held problems
+    r, r + W, ...; ``parts`` in shard order), with the metrics computed over all problems."""
+    from npu_retu.distributed.process_group import interleave
+
+    if not parts:
+        raise ValueError("merge_results: no results")
+    first = parts[0]
+    scores = interleave([p.scores for p in parts])
+    correct = [[score > 0 for score in row] for row in scores]
+    samples = [p.num_problems * p.n for p in parts]
+    return EvalResult(
+        scores=scores,
+        avg_at_n=avg_at_k(scores),
+        avg_at_n_stderr=avg_at_k_stderr(scores),
+        pass_at_k={k: mean_pass_at_k(correct, k) for k in sorted(set(ks))},
+        n=first.n,
+        temperature=first.temperature,
+        top_p=first.top_p,
+        max_new_tokens=first.max_new_tokens,
+        num_problems=len(scores),
+        seed=first.seed,
+        mean_response_tokens=sum(p.mean_response_tokens * w for p, w in zip(parts, samples)) / sum(samples),
+        truncated_fraction=sum(p.truncated_fraction * w for p, w in zip(parts, samples)) / sum(samples),
+    )

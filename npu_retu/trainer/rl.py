@@ -13,7 +13,16 @@ sequence costs one forward pass, every trained sequence three per PPO epoch.
 
 ``resume=True`` continues exactly from the newest complete checkpoint: the weights, optimizer,
 schedule, prompt order and RNG are restored, and every rollout draws from a generator seeded by
-(run seed, step, draw), so the resumed run generates the same samples as an uninterrupted one.
+(run seed, step, draw, rank), so the resumed run generates the same samples as an uninterrupted one.
+
+Data parallel (several ranks, set up as for SFT): every rank draws the same prompts, generates and
+scores every world_size-th of them, and the groups are gathered so that every rank sees the whole
+generation batch and makes the same dynamic-sampling decision. Each mini-batch's sequences are then
+split over the ranks; the loss is normalised by the mini-batch's global token count and the
+gradients are summed, so the update is the single-process update on the same samples. Evaluation
+problems are split over the ranks and their scores gathered. DeepSpeed ZeRO-1/2 works here (every
+rank holds the whole model for generation); ZeRO-3 would gather the weights for every decoded
+token and is refused.
 """
 
 from __future__ import annotations
@@ -81,26 +90,32 @@ class PromptSampler:
         self._order = self._plan(self.epoch)
 
 
-def rollout_seed(run_seed: int, step: int, draw: int) -> int:
-    """The sampling seed of one generation batch: a pure function of where it is in the run."""
-    return (run_seed * 1_000_003 + step * 1_009 + draw) % (2**31)
+def rollout_seed(run_seed: int, step: int, draw: int, rank: int = 0) -> int:
+    """The sampling seed of one generation batch (of one rank's share of it): a pure function of
+    where it is in the run."""
+    return (run_seed * 1_000_003 + step * 1_009 + draw + rank * 7_919_993) % (2**31)
 
 
-def check_rl_scale(cfg: Config, environ=None) -> None:
-    """RL runs as one rank with the local engine for now: refuse what it cannot do yet, clearly,
-    instead of silently training each rank on its own."""
-    from npu_retu.distributed.process_group import rank_info_from_env
+def evaluate_sharded(rollout, tokenizer, examples: list, reward_fn, ranks, **settings):
+    """:func:`npu_retu.eval.runner.evaluate` with the problems split over the ranks and the scores
+    gathered: every rank returns the result over all of ``examples``."""
+    from npu_retu.distributed.process_group import all_gather_objects
+    from npu_retu.eval.runner import evaluate, merge_results
 
-    if cfg.engine.name != "local":
+    mine = examples[ranks.rank :: ranks.world_size]
+    part = evaluate(rollout, tokenizer, mine, reward_fn, **settings) if mine else None
+    if not ranks.distributed:
+        return part
+    # shard r holds problems r, r + W, ...; ranks past the last problem evaluated nothing
+    return merge_results([p for p in all_gather_objects(part) if p is not None], ks=settings.get("ks", (1,)))
+
+
+def check_rl_scale(cfg: Config) -> None:
+    """Refuse what the RL trainer cannot do, clearly, before anything is loaded."""
+    if cfg.engine.name == "deepspeed" and cfg.engine.zero_stage == 3:
         raise UserError(
-            f"engine.name={cfg.engine.name}: the RL trainer runs with the local engine only (DeepSpeed ZeRO is wired "
-            "for SFT); set engine.name=local for RL"
-        )
-    world = rank_info_from_env(environ).world_size
-    if world > 1:
-        raise UserError(
-            f"WORLD_SIZE={world}: data-parallel RL is not implemented yet; run RL as one rank "
-            "(cluster.num_workers=1 with cluster.launcher=ray)"
+            "engine.zero_stage=3 with RL: the rollout generates with the training model, and under ZeRO-3 every "
+            "decoded token would gather all the weights (and ranks decode different lengths); use zero_stage 1 or 2"
         )
 
 
@@ -121,8 +136,8 @@ def train_rl(
     from npu_retu.algos import fill_batch
     from npu_retu.data.errors import BadRowCounter
     from npu_retu.device import get_backend, set_backend
-    from npu_retu.engine.local import LocalEngine
-    from npu_retu.eval.runner import evaluate
+    from npu_retu.distributed import process_group as pg
+    from npu_retu.engine import build_engine
     from npu_retu.flops import ModelShape
     from npu_retu.modeling import load_model, load_tokenizer
     from npu_retu.report.metrics import MetricsLogger, write_json_atomic
@@ -132,13 +147,16 @@ def train_rl(
     from npu_retu.trainer.sft import prepare_run_dir
 
     rl, algo = cfg.rl, cfg.rl.algo
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    check_rl_scale(cfg)
     if cfg.run.device != "auto":
         set_backend(cfg.run.device)
     backend = get_backend()
-    check_rl_scale(cfg)
-    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
-    dump_config(cfg, run_dir / "config.yaml")
+    ranks = pg.init_process_group(backend, cfg.cluster.timeout_s)
+    say = (lambda *a: None) if quiet or not ranks.is_main else (lambda *a: print(*a, flush=True))
+    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite, is_main=ranks.is_main)
+    if ranks.is_main:
+        dump_config(cfg, run_dir / "config.yaml")
+    pg.barrier()
     backend.manual_seed(cfg.run.seed)
 
     resume_from = ckpt.latest_checkpoint(run_dir) if resume else None
@@ -157,7 +175,11 @@ def train_rl(
     test_examples = load_eval_examples(cfg, counter)
     sampler = PromptSampler(len(examples), cfg.run.seed, cfg.data.shuffle)
     optimizer_steps = rl.max_steps * rl.ppo_epochs * (rl.train_batch_prompts // rl.mini_batch_prompts)
-    engine = LocalEngine(model, rl.optim, optimizer_steps, backend.device())
+    seqs_per_rank = -(-rl.mini_batch_prompts * algo.n // ranks.world_size)
+    engine = build_engine(
+        cfg, model, total_steps=optimizer_steps, backend=backend, world_size=ranks.world_size,
+        micro_batch_size=rl.micro_batch_size, grad_accum_steps=-(-seqs_per_rank // rl.micro_batch_size), optim=rl.optim,
+    )
     rollout = TransformersRollout(engine.model, tokenizer, batch_size=rl.rollout.batch_size)
     shape = ModelShape.from_hf_config(model.config)
     gen_batch = rl.gen_batch_prompts if algo.dynamic_sampling else rl.train_batch_prompts
@@ -167,14 +189,18 @@ def train_rl(
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
         engine.load_state_dict(state["engine"])
+        engine.load_engine_files(resume_from)
         sampler.load_state_dict(state["sampler"])
         backend.set_rng_state(state["rng"])
         step, flops, elapsed, evals = state["step"], state["flops"], state["elapsed"], state["evals"]
         say(f"rl: resumed from {resume_from} (step {step})")
-    logger = MetricsLogger(run_dir, resume_step=step if resume_from is not None else None)
+    from npu_retu.trainer.sft import _NullLogger
+
+    logger = MetricsLogger(run_dir, resume_step=step if resume_from is not None else None) if ranks.is_main else _NullLogger()
     say(
         f"rl: {rl.algorithm} on {len(examples)} prompts, {rl.max_steps} steps of {rl.train_batch_prompts} prompts x "
-        f"{algo.n} samples, evaluation on {len(test_examples)} problems every {rl.eval_every} steps, device {backend.name}"
+        f"{algo.n} samples, evaluation on {len(test_examples)} problems every {rl.eval_every} steps, device {backend.name}, "
+        f"engine {cfg.engine.name}" + (f", {ranks.world_size} ranks ({backend.dist_backend})" if ranks.distributed else "")
     )
 
     if reward is None:
@@ -183,11 +209,12 @@ def train_rl(
     def run_eval(at_step: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         e = cfg.eval
-        result = evaluate(
+        result = evaluate_sharded(
             rollout,
             tokenizer,
             test_examples,
             reward.score,
+            ranks,
             n=e.n,
             temperature=e.temperature,
             top_p=e.top_p,
@@ -196,7 +223,8 @@ def train_rl(
             ks=tuple(e.ks),
         )
         point = {"step": at_step, "flops": flops, **result.to_dict(), "summary": result.summary(), "seconds": time.perf_counter() - t0}
-        write_json_atomic(run_dir / "eval" / f"step-{at_step:06d}.json", point)
+        if ranks.is_main:
+            write_json_atomic(run_dir / "eval" / f"step-{at_step:06d}.json", point)
         summary = {k: v for k, v in point.items() if k != "scores"}
         logger.log(at_step, flops, {f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("step", "flops")})
         say(f"rl: eval at step {at_step}: {result.summary()}")
@@ -217,31 +245,36 @@ def train_rl(
             draw_index = [0]  # draws so far in this step (part of the sampling seed)
 
             def draw() -> list[Group]:
-                # one generation batch: gen_batch prompts x n samples, scored
+                # one generation batch: gen_batch prompts x n samples, scored; every rank draws the
+                # same prompts and generates every world_size-th of them
                 indices = sampler.take(gen_batch)
+                mine = indices[ranks.rank :: ranks.world_size]
                 params = SamplingParams(
                     n=algo.n,
                     temperature=rl.rollout.temperature,
                     top_p=rl.rollout.top_p,
                     max_new_tokens=rl.max_response_length,
-                    seed=rollout_seed(cfg.run.seed, step, draw_index[0]),
+                    seed=rollout_seed(cfg.run.seed, step, draw_index[0], ranks.rank),
                 )
                 draw_index[0] += 1
-                t0 = time.perf_counter()
-                trajectories = rollout.generate([prompts[i] for i in indices], params)
-                timings["rollout"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                rewards = reward.score([(t.text, examples[indices[t.prompt_index]].ground_truth) for t in trajectories])
-                timings["reward"] += time.perf_counter() - t0
-                groups = [
-                    Group(
-                        prompt_index=i,
-                        prompt_ids=prompts[i],
-                        trajectories=trajectories[j * algo.n : (j + 1) * algo.n],
-                        rewards=rewards[j * algo.n : (j + 1) * algo.n],
-                    )
-                    for j, i in enumerate(indices)
-                ]
+                groups = []
+                if mine:
+                    t0 = time.perf_counter()
+                    trajectories = rollout.generate([prompts[i] for i in mine], params)
+                    timings["rollout"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    rewards = reward.score([(t.text, examples[mine[t.prompt_index]].ground_truth) for t in trajectories])
+                    timings["reward"] += time.perf_counter() - t0
+                    groups = [
+                        Group(
+                            prompt_index=i,
+                            prompt_ids=prompts[i],
+                            trajectories=trajectories[j * algo.n : (j + 1) * algo.n],
+                            rewards=rewards[j * algo.n : (j + 1) * algo.n],
+                        )
+                        for j, i in enumerate(mine)
+                    ]
+                groups = pg.interleave(pg.all_gather_objects(groups))  # back in the order of `indices`
                 generated.extend(groups)
                 return groups
 
@@ -256,7 +289,7 @@ def train_rl(
             if kept:
                 update_metrics, train_lens = policy_update(
                     engine, kept, cfg, timings, pad_id=tokenizer.pad_token_id, seed=rollout_seed(cfg.run.seed, step, 997),
-                    reference_model=reference_model,
+                    reference_model=reference_model, ranks=ranks,
                 )
                 row.update(update_metrics)
                 row["train/tokens"] = float(rl.ppo_epochs * sum(train_lens))
@@ -270,7 +303,8 @@ def train_rl(
             dt = time.perf_counter() - t_step
             elapsed += dt
             reward_stats = reward.stats()
-            row.update({f"reward/{k}": float(v - reward_before.get(k, 0)) for k, v in reward_stats.items()})  # this step's counts
+            step_counts = {k: float(v - reward_before.get(k, 0)) for k, v in reward_stats.items()}  # this step's counts
+            row.update({f"reward/{k}": v for k, v in zip(step_counts, pg.all_reduce_sum(list(step_counts.values())))})
             row.update({f"time/{k}_s": v for k, v in timings.items()})
             row["time/step_s"] = dt
             row["train/step_flops"] = step_flops
@@ -296,15 +330,21 @@ def train_rl(
                     "rng": backend.rng_state(),
                     "config": cfg.to_dict(),
                 }
-                ckpt.save_checkpoint(run_dir, step, lambda d: engine.save_pretrained(d, tokenizer), state)
-                ckpt.prune_checkpoints(run_dir, rl.keep_checkpoints)
+                ckpt.save_checkpoint(
+                    run_dir, step, lambda d: engine.save_pretrained(d, tokenizer, is_main=ranks.is_main), state,
+                    write_engine_files=engine.save_engine_files, ranks=ranks,
+                )
+                if ranks.is_main:
+                    ckpt.prune_checkpoints(run_dir, rl.keep_checkpoints)
     finally:
         reward.close()
         logger.close()
 
     if counter.skipped:
         say(counter.summary())
-    write_json_atomic(run_dir / "evals.json", evals)
+    if ranks.is_main:
+        write_json_atomic(run_dir / "evals.json", evals)
+    pg.barrier()
     return RLResult(run_dir=run_dir, steps=step, flops=flops, evals=evals, final_checkpoint=ckpt.latest_checkpoint(run_dir))
 
 
@@ -313,15 +353,23 @@ def train_rl(
 
 
 def policy_update(
-    engine, kept: list[Group], cfg: Config, timings: dict[str, float], *, pad_id: int, seed: int, reference_model=None
+    engine, kept: list[Group], cfg: Config, timings: dict[str, float], *, pad_id: int, seed: int, reference_model=None,
+    ranks=None,
 ) -> tuple[dict[str, float], list[int]]:
     """Advantages (Eq. 2), old log-probs, then PPO epochs of clipped-loss mini-batch steps (Eq. 3-4).
 
-    Returns the averaged metrics and the token length of every trained sequence (for FLOPs).
+    With several ranks (``ranks``) every rank holds all of ``kept`` and trains on every
+    world_size-th sequence of each mini-batch; the loss is normalised by the mini-batch's global
+    token and sequence counts and the engine sums the gradients, so the update equals one process's.
+    Returns the averaged metrics (over all ranks) and the token length of every trained sequence.
     """
     import torch
 
     from npu_retu.algos import ADVANTAGE_ESTIMATORS
+    from npu_retu.distributed import process_group as pg
+    from npu_retu.distributed.process_group import RankInfo
+
+    ranks = ranks or RankInfo()
 
     rl, algo = cfg.rl, cfg.rl.algo
     temperature = rl.rollout.temperature
@@ -337,40 +385,54 @@ def policy_update(
     lengths = [len(p) + len(r) for p, r in sequences]
     device = engine.device
 
+    # Which rank trains which sequence, decided up front (the same on every rank): the shuffled
+    # order of each PPO epoch, cut into mini-batches, every world_size-th sequence to a rank.
+    order_rng = random.Random(seed)
+    seqs_per_mini = rl.mini_batch_prompts * algo.n
+    epochs = []
+    for _epoch in range(rl.ppo_epochs):
+        order = list(range(len(sequences)))
+        order_rng.shuffle(order)
+        epochs.append(_chunks(order, seqs_per_mini))
+    my_sequences = sorted({i for minis in epochs for mini in minis for i in mini[ranks.rank :: ranks.world_size]})
+
     # old log-probs: the policy that generated the samples, before any update of this step
     t0 = time.perf_counter()
-    old_logps: list[torch.Tensor] = []
-    ref_logps: list[torch.Tensor] = []
+    old_logps: dict[int, torch.Tensor] = {}
+    ref_logps: dict[int, torch.Tensor] = {}
     with torch.no_grad():
-        for chunk in _chunks(list(range(len(sequences))), rl.micro_batch_size):
+        for chunk in _chunks(my_sequences, rl.micro_batch_size):
             batch = make_rl_batch([sequences[i] for i in chunk], pad_id, device)
-            old_logps += sequence_logprobs(engine.model, batch, temperature, rl.kernels)
+            old_logps.update(zip(chunk, sequence_logprobs(engine.model, batch, temperature, rl.kernels)))
             if reference_model is not None:
-                ref_logps += sequence_logprobs(reference_model, batch, temperature, rl.kernels)
+                ref_logps.update(zip(chunk, sequence_logprobs(reference_model, batch, temperature, rl.kernels)))
     timings["logprobs"] += time.perf_counter() - t0
     drift = [
-        (old - torch.tensor(roll, dtype=torch.float32)).abs().mean().item()
-        for old, roll in zip(old_logps, rollout_logps)
-        if len(roll) > 0
+        (old_logps[i] - torch.tensor(rollout_logps[i], dtype=torch.float32)).abs().mean().item()
+        for i in my_sequences
+        if len(rollout_logps[i]) > 0
     ]
 
     t0 = time.perf_counter()
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
+    loss_totals: dict[str, float] = {}
+    optimizer_steps = 0
 
     def add(metrics: dict[str, float], weight: int = 1) -> None:
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v) * weight
             counts[k] = counts.get(k, 0) + weight
 
-    order_rng = random.Random(seed)
-    seqs_per_mini = rl.mini_batch_prompts * algo.n
-    for _epoch in range(rl.ppo_epochs):
-        order = list(range(len(sequences)))
-        order_rng.shuffle(order)
-        for mini in _chunks(order, seqs_per_mini):
+    for minis in epochs:
+        for mini in minis:
             global_tokens = sum(len(sequences[i][1]) for i in mini)
-            for micro in _chunks(mini, rl.micro_batch_size):
+            micros = _chunks(mini[ranks.rank :: ranks.world_size], rl.micro_batch_size)
+            # a rank with no sequence in this mini-batch still joins the gradient reduction: one
+            # forward/backward on the mini-batch's first sequence, with weight 0
+            weight = 1.0 if micros else 0.0
+            micros = micros or [[mini[0]]]
+            for number, micro in enumerate(micros):
                 batch = make_rl_batch([sequences[i] for i in micro], pad_id, device)
                 width = batch["input_ids"].shape[1] - 1
                 mask = torch.zeros((len(micro), width), dtype=torch.float32, device=device)
@@ -379,22 +441,43 @@ def policy_update(
                 for row, i in enumerate(micro):
                     start, end = batch["response_spans"][row]
                     mask[row, start - 1 : end - 1] = 1.0
-                    old[row, start - 1 : end - 1] = old_logps[i].to(device)
-                    if ref is not None:
+                    if i in old_logps:  # (the zero-weight stand-in has no old log-probs here)
+                        old[row, start - 1 : end - 1] = old_logps[i].to(device)
+                    if ref is not None and i in ref_logps:
                         ref[row, start - 1 : end - 1] = ref_logps[i].to(device)
                 adv = torch.tensor([advantages[i] for i in micro], dtype=torch.float32, device=device)  # one per sequence
                 counts_kw = {"global_token_count": global_tokens, "global_seq_count": len(mini)}
                 loss, metrics = micro_batch_loss(engine.model, batch, mask, old, adv, ref, cfg, counts_kw)
-                loss.backward()
-                add(metrics, weight=int(metrics.pop("tokens")))
+                engine.backward(loss * weight, last=number == len(micros) - 1)
+                tokens = int(metrics.pop("tokens"))
+                for key in MINI_BATCH_SUMS:  # each micro-batch holds its share of the mini-batch loss
+                    if key in metrics:
+                        loss_totals[key] = loss_totals.get(key, 0.0) + weight * metrics.pop(key)
+                add(metrics, weight=tokens if weight else 0)  # (every rank must know the same names)
             add(engine.step())
+            optimizer_steps += 1
     timings["update"] += time.perf_counter() - t0
 
-    # token-weighted means over the step's micro-batches (grad_norm / lr: mean over optimizer steps)
+    # token-weighted means over the step's micro-batches of every rank (grad_norm / lr, the same on
+    # every rank: mean over optimizer steps)
+    names, loss_names = sorted(sums), sorted(loss_totals)
+    totals = pg.all_reduce_sum(
+        [sums[k] for k in names] + [counts[k] for k in names] + [loss_totals[k] for k in loss_names] + [sum(drift), len(drift)]
+    )
+    sums = dict(zip(names, totals[: len(names)]))
+    counts = dict(zip(names, totals[len(names) : 2 * len(names)]))
+    loss_totals = dict(zip(loss_names, totals[2 * len(names) : 2 * len(names) + len(loss_names)]))
+    drift_sum, drift_count = totals[-2:]
     out = {f"actor/{k}": sums[k] / max(1, counts[k]) for k in sums}
-    out["actor/logprob_drift"] = sum(drift) / max(1, len(drift))  # mean |logp_trainer - logp_rollout|
+    out.update({f"actor/{k}": v / max(1, optimizer_steps) for k, v in loss_totals.items()})  # mean mini-batch loss
+    out["actor/logprob_drift"] = drift_sum / max(1, drift_count)  # mean |logp_trainer - logp_rollout|
     out["actor/advantage_abs_mean"] = sum(abs(a) for a in advantages) / max(1, len(advantages))
     return out, lengths
+
+
+# metrics that are a micro-batch's share of the mini-batch's loss (normalised by the mini-batch's
+# global token count): summed over the mini-batch's micro-batches (and ranks), not averaged
+MINI_BATCH_SUMS = ("pg_loss", "kl_ref")
 
 
 def sequence_logprobs(model, batch: dict[str, Any], temperature: float, kernels: str) -> list:

@@ -68,7 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     if command is None and not argv[0].startswith("-"):
         print(f"npu-retu: unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    args = build_parser(only=command).parse_args(argv)
+    parser = build_parser(only=command)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may come anywhere, also after options (`sft --config F --resume a.b=1`):
+    # argparse stops filling a positional list at the first option, so collect the rest here
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if extra and (stray or not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     from npu_retu.errors import UserError
 
     try:

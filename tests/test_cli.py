@@ -37,3 +37,14 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert main(["sft", "--config", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err
     assert "no shipped config named" in err and "Traceback" not in err
+
+
+def test_overrides_after_an_option_reach_the_config(capsys):
+    # scripts/launch.sh appends cluster.* overrides at the end of the user's command line, after any
+    # --resume / --overwrite: they must still be read as overrides (here: one that names a bad key)
+    from npu_retu.cli import main
+
+    assert main(["sft", "--config", "demo_cpu", "sft.max_steps=1", "--overwrite", "cluster.no_such_key=1"]) == 2
+    assert "unknown config key 'cluster.no_such_key'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a stray non-override is still an argparse error
+        main(["sft", "--config", "demo_cpu", "--overwrite", "--no-such-option"])

@@ -394,3 +394,33 @@ def test_scripts_are_shellcheck_clean():
     assert str(LAUNCH) in scripts
     proc = subprocess.run([shellcheck, *scripts], capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
+
+
+@pytest.mark.slow
+def test_real_cpu_head_runs_distributed_sft_through_ray(tmp_path):
+    """No fakes: launch.sh on this CPU node starts a real Ray head, waits for it, runs `npu-retu sft`
+    with 2 Ray workers (cluster.* appended after the user's --overwrite) and stops Ray. Slow, and
+    `ray stop` ends every Ray instance of this user on the machine: run it on a machine of its own."""
+    pytest.importorskip("ray")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"run: {{name: launched, output_dir: '{tmp_path}', seed: 3, progress: false, device: cpu}}\n"
+        "model: {path: 'embedded:base'}\n"
+        "data: {train_files: ['embedded:sft-uniform-500'], val_files: ['embedded:sft-val'], max_length: 320}\n"
+        "sft: {global_batch_size: 8, micro_batch_size: 2, max_steps: 2, eval_every: 2, save_every: 2, eval_batch_size: 64}\n"
+    )
+    bin_dir = Path(sys.executable).parent  # ray and npu-retu of this environment
+    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", NPU_RETU_PLATFORM="cpu")
+    proc = subprocess.run(
+        ["bash", str(LAUNCH), "--nnodes", "1", "--ray-port", "6391", "--wait-timeout", "120", "--",
+         "npu-retu", "sft", "--config", str(cfg), "cluster.num_workers=2", "--overwrite"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "launch: run: ray start --head --port=6391" in proc.stderr
+    assert "ray: 2 workers placed" in proc.stdout + proc.stderr
+    assert "launch: stopping Ray on this node" in proc.stderr
+    rows = [json.loads(line) for line in (tmp_path / "launched" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2]
+    assert (tmp_path / "launched" / "checkpoints" / "step-000002" / "model.safetensors").is_file()

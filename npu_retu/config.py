@@ -99,6 +99,11 @@ class SFTConfig:
     keep_checkpoints: int = 0  # 0 keeps all (the phase analysis needs them)
     log_every: int = 1
     eval_batch_size: int = 32
+    # the loss's log-probs: "unfused" = full logits from the model's forward (B x S x V, fp32 for the
+    # loss); "auto" = the fused kernel the device layer picks, straight from the hidden states and the
+    # LM head, never holding the logits (what lets a 16K-token sequence of a 152K vocabulary fit); or
+    # name one (reference, triton, ascend)
+    kernels: Literal["auto", "unfused", "reference", "triton", "ascend"] = "unfused"
 
     def validate(self) -> None:
         _check(self.global_batch_size > 0, "sft.global_batch_size", "> 0", self.global_batch_size)
@@ -342,6 +347,13 @@ class Config:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        _check(
+            self.sft.kernels == "unfused" or not (self.engine.name == "deepspeed" and self.engine.zero_stage == 3),
+            "sft.kernels",
+            "'unfused' with engine.zero_stage=3 (the fused loss reads the LM-head weight outside the module, where ZeRO-3 "
+            "keeps only this rank's shard)",
+            self.sft.kernels,
+        )
         _check(
             self.sft.max_steps == 0 or self.optim.warmup_steps <= self.sft.max_steps,
             "optim.warmup_steps",

@@ -482,7 +482,8 @@ def memory_rows(
     if workload.eval_micro_batch:
         b_eval = workload.eval_micro_batch
         eval_extra = (
-            logits_bytes(seq_len=workload.seq_len, micro_batch=b_eval, vocab_size=s.vocab_size)
+            logits_bytes(seq_len=workload.seq_len, micro_batch=b_eval, vocab_size=s.vocab_size,
+                         bytes_per_entry=workload.logits_bytes_per_entry)
             + layer_activation_bytes(
                 seq_len=workload.seq_len, micro_batch=b_eval, hidden=s.hidden_size, heads=spec.num_attention_heads,
                 ffn=s.intermediate_size, flash_attention=workload.flash_attention, kv_dim=s.kv_dim,

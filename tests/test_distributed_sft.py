@@ -201,11 +201,16 @@ def test_deepspeed_zero3_exports_a_loadable_hf_checkpoint(tmp_path, reference):
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_cpu_offload_matches_single_process(tmp_path, reference):
+@pytest.mark.parametrize("name,override", [
     # ZeRO-Offload: optimizer states and the AdamW step on the host (DeepSpeed's CPU Adam, built on
     # first use), the same update as torch AdamW
-    cfg = write_config(tmp_path, "offload")
-    results = run_ranks(sft_command(cfg, "engine.name=deepspeed", "engine.zero_stage=2", "engine.offload_optimizer=cpu"), world_size=2)
+    ("offload", "engine.offload_optimizer=cpu"),
+    # the paper configs' fused loss: log-probs from the fused kernel, no full logits
+    ("fused", "sft.kernels=auto"),
+])
+def test_deepspeed_zero2_variants_match_single_process(tmp_path, reference, name, override):
+    cfg = write_config(tmp_path, name)
+    results = run_ranks(sft_command(cfg, "engine.name=deepspeed", "engine.zero_stage=2", override), world_size=2)
     for rank, proc in enumerate(results):
         assert proc.returncode == 0, f"rank {rank}:\n{proc.stdout}"
-    assert_same_losses(tmp_path / "offload", reference, tol=1e-5)
+    assert_same_losses(tmp_path / name, reference, tol=1e-5)

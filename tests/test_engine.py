@@ -74,3 +74,38 @@ def test_step_clips_and_reports_norm():
     assert stats["grad_norm"] == pytest.approx(before, rel=1e-4)
     assert stats["lr"] == 1e-3
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_fused_sft_loss_equals_the_full_logits_loss(packed):
+    """sft.kernels=reference: the label tokens' log-probs from the fused kernel (no B x S x V logits)
+    give the loss and the gradients of the plain path, for a padded and a packed batch."""
+    if packed:  # two documents in one row: positions restart, the boundary token is not a label
+        ids = torch.tensor([[5, 6, 7, 8, 9, 11, 12, 13, 14, 15]])
+        b = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "position_ids": torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4]]),
+             "labels": torch.tensor([[-100, -100, 7, 8, 9, -100, -100, 13, 14, 15]])}
+    else:
+        b = batch([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 0, 0]], n_prompt=2)
+        b["attention_mask"][1, 4:] = 0
+        b["labels"][1, 4:] = -100
+    results = {}
+    for kernels in ("unfused", "reference"):
+        model = tiny_model()
+        eng = LocalEngine(model, OptimConfig(lr=1e-3), 10, torch.device("cpu"), loss_kernels=kernels)
+        loss_sum, n = eng.loss_sum(b)
+        loss_sum.backward()
+        results[kernels] = (float(loss_sum.detach()), n, [p.grad.clone() for p in model.parameters()])
+    (want, want_n, want_grads), (got, got_n, got_grads) = results["unfused"], results["reference"]
+    assert got_n == want_n == 6
+    assert got == pytest.approx(want, rel=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_sft_loss_is_refused_with_zero3():
+    from npu_retu.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="sft.kernels"):
+        load_config(None, ["sft.kernels=auto", "engine.name=deepspeed", "engine.zero_stage=3"])
+    load_config(None, ["sft.kernels=auto", "engine.name=deepspeed", "engine.zero_stage=2"])

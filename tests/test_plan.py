@@ -280,6 +280,17 @@ def test_memory_columns_in_the_cli(capsys):
     p = 7_615_616_512
     z2 = r["memory"][2]
     assert (z2["weights"], z2["gradients"], z2["optimizer"]) == (2 * p, 2 * p / 16, 12 * p / 16)
+    # sft.kernels=auto: the fused loss holds no logits, so ZeRO-1 fits too (micro-batch 2 of 16K tokens)
+    assert all(c["logits"] == 0 for c in r["memory"])
+    assert [c["fits"] for c in r["memory"]] == [False, True, True, True]
+    # the full-logits loss holds 10 bytes per token and vocabulary entry (46 GiB for two 16K-token
+    # sequences): no stage fits at this micro-batch, and at micro-batch 1 only ZeRO-2 and ZeRO-3 do
+    r = plan_json(capsys, "--config", QWEN_SFT, "sft.kernels=unfused", "--nodes", "2", "--devices-per-node", "8",
+                  "--chip", "Ascend910B2")
+    assert r["memory"][2]["logits"] == 10 * 16384 * 2 * 152064
+    assert [c["fits"] for c in r["memory"]] == [False, False, False, False]
+    r = plan_json(capsys, "--config", QWEN_SFT, "sft.kernels=unfused", "sft.micro_batch_size=1", "sft.eval_batch_size=1",
+                  "--nodes", "2", "--devices-per-node", "8", "--chip", "Ascend910B2")
     assert [c["fits"] for c in r["memory"]] == [False, False, True, True]
     # a local-engine config gets its own column, marked configured
     r = plan_json(capsys, "--config", QWEN_SFT, "engine.name=local", "--nodes", "2", "--devices-per-node", "8",

@@ -54,7 +54,7 @@ def logprobs_from_logits(
     return logp, entropy
 
 
-def hidden_states_and_head(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+def hidden_states_and_head(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids=None):
     """The last hidden states ``[B, S, H]`` (after the final norm) and the LM-head weight ``[V, H]`` of
     a Hugging Face causal LM, for the fused log-prob kernels: ``logits = hidden @ weight.T``.
 
@@ -70,5 +70,6 @@ def hidden_states_and_head(model: torch.nn.Module, input_ids: torch.Tensor, atte
         changes.append("a bias on the LM head")
     if changes:
         raise ValueError(f"{type(model).__name__}'s logits are not hidden @ weight.T ({', '.join(changes)}); set rl.kernels=unfused")
-    out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    kwargs = {} if position_ids is None else {"position_ids": position_ids}  # packed sequences restart them
+    out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
     return out.last_hidden_state, head.weight

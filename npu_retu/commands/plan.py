@@ -314,6 +314,7 @@ def _sft(cfg, args, spec, devices, peak, notes):
         gradient_checkpointing=cfg.model.gradient_checkpointing, flash_attention=_flash(cfg), padded=padded,
         activation_bytes=2 if cfg.engine.precision != "fp32" else 4,
         eval_micro_batch=sft.eval_batch_size if cfg.data.val_files or cfg.data.val_size else 0,
+        logits_bytes_per_entry=pl.LOGITS_BYTES_PER_ENTRY if sft.kernels == "unfused" else 0,
         padded_eval=cfg.model.attn_implementation != "flash_attention_2" and sft.eval_batch_size > 1,
     )
     return workload, batch, compute

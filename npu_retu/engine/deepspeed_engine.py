@@ -129,12 +129,14 @@ class DeepSpeedEngine:
         world_size: int,
         micro_batch_size: int,
         grad_accum_steps: int,
+        loss_kernels: str = "unfused",
     ):
         from npu_retu.distributed.process_group import ensure_single_process_group
 
         deepspeed = import_deepspeed(backend)
         ensure_single_process_group(backend)  # DeepSpeed always needs a process group, even of one
         self.world_size = world_size
+        self.loss_kernels = loss_kernels
         self.backend = backend
         self.engine_cfg = engine_cfg
         self.precision = resolve_precision(engine_cfg, backend)
@@ -191,6 +193,8 @@ class DeepSpeedEngine:
 
     def _loss_sum(self, batch, module) -> tuple[torch.Tensor, int]:
         batch = {k: v.to(self.device) for k, v in batch.items()}
+        if self.loss_kernels != "unfused":  # the fused loss reads the module's decoder and head itself
+            return next_token_loss_sum(self.model, batch, self.loss_kernels)
         return next_token_loss_sum(module, batch)
 
     @torch.no_grad()

@@ -64,11 +64,22 @@ def build_scheduler(optimizer, optim: OptimConfig, total_steps: int) -> torch.op
     )
 
 
-def next_token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def next_token_loss_sum(model, batch: dict[str, torch.Tensor], kernels: str = "unfused") -> tuple[torch.Tensor, int]:
     """Sum of the next-token negative log-likelihood over label tokens (Eq. 1), and their count.
 
-    ``batch`` is already on the model's device.
+    ``batch`` is already on the model's device. ``kernels`` other than "unfused" take the label
+    tokens' log-probs from the fused kernel (hidden states and LM head in, no ``[B, S, V]`` logits);
+    "auto" lets the device layer pick the implementation.
     """
+    if kernels != "unfused":
+        from npu_retu.algos.logprobs import hidden_states_and_head
+        from npu_retu.kernels import fused_linear_logprobs
+
+        hidden, head = hidden_states_and_head(model, batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
+        labels = batch["labels"][:, 1:]
+        keep = labels != -100
+        logp = fused_linear_logprobs(hidden[:, :-1][keep], head, labels[keep], impl=None if kernels == "auto" else kernels)[0]
+        return -logp.sum(), int(keep.sum())
     # use_cache=False: training needs no KV cache, and with one transformers ignores the
     # restarted position_ids of packed sequences (documents would attend to each other).
     kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"), "use_cache": False}
@@ -87,10 +98,12 @@ def next_token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
 class LocalEngine:
     """Single-process engine: model + AdamW + warmup/decay schedule + gradient clipping."""
 
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig, total_steps: int, device: torch.device, world_size: int = 1):
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, total_steps: int, device: torch.device, world_size: int = 1,
+                 loss_kernels: str = "unfused"):
         self.model = model.to(device)
         self.device = device
         self.world_size = world_size
+        self.loss_kernels = loss_kernels
         self.optim_cfg = optim
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps
@@ -116,7 +129,7 @@ class LocalEngine:
 
     def loss_sum(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Sum of the next-token negative log-likelihood over label tokens, and their count."""
-        return next_token_loss_sum(self.model, {k: v.to(self.device) for k, v in batch.items()})
+        return next_token_loss_sum(self.model, {k: v.to(self.device) for k, v in batch.items()}, self.loss_kernels)
 
     @torch.no_grad()
     def evaluate_sums(self, batches, *, pad_to: int | None = None) -> tuple[float, int]:

@@ -152,7 +152,7 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
     val_forwards = math.ceil(len(val_batches) / ranks.world_size)
     engine = build_engine(
         cfg, model, total_steps=steps_total, backend=backend, world_size=ranks.world_size,
-        micro_batch_size=cfg.sft.micro_batch_size, grad_accum_steps=accum // ranks.world_size,
+        micro_batch_size=cfg.sft.micro_batch_size, grad_accum_steps=accum // ranks.world_size, loss_kernels=cfg.sft.kernels,
     )
     shape = ModelShape.from_hf_config(model.config)
     peak = backend.peak_flops("bf16" if cfg.model.dtype == "bfloat16" else "fp32" if cfg.model.dtype == "float32" else "fp16")

@@ -148,11 +148,6 @@ class LocalEngine:
         self.model.train(was_training)
         return total, count
 
-    def evaluate(self, batches) -> float:
-        """Token-mean validation loss over ``batches``."""
-        total, count = self.evaluate_sums(batches)
-        return total / max(1, count)
-
     def step(self) -> dict[str, float]:
         """Sum gradients over the ranks, clip, apply the optimizer, advance the schedule; returns the
         grad norm (before clipping) and lr."""

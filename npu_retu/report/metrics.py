@@ -55,6 +55,16 @@ def _truncate_after(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+class NullLogger:
+    """What ranks other than 0 log to: nothing (rank 0 writes metrics.jsonl and TensorBoard)."""
+
+    def log(self, step, flops, row) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class MetricsLogger:
     """Appends metric rows to ``run_dir/metrics.jsonl`` and TensorBoard (``run_dir/tensorboard``)."""
 

@@ -140,7 +140,7 @@ def train_rl(
     from npu_retu.engine import build_engine
     from npu_retu.flops import ModelShape
     from npu_retu.modeling import load_model, load_tokenizer
-    from npu_retu.report.metrics import MetricsLogger, write_json_atomic
+    from npu_retu.report.metrics import MetricsLogger, NullLogger, write_json_atomic
     from npu_retu.reward import make_reward
     from npu_retu.rollout import SamplingParams, TransformersRollout
     from npu_retu.trainer import checkpoint as ckpt
@@ -194,9 +194,7 @@ def train_rl(
         backend.set_rng_state(state["rng"])
         step, flops, elapsed, evals = state["step"], state["flops"], state["elapsed"], state["evals"]
         say(f"rl: resumed from {resume_from} (step {step})")
-    from npu_retu.trainer.sft import _NullLogger
-
-    logger = MetricsLogger(run_dir, resume_step=step if resume_from is not None else None) if ranks.is_main else _NullLogger()
+    logger = MetricsLogger(run_dir, resume_step=step if resume_from is not None else None) if ranks.is_main else NullLogger()
     say(
         f"rl: {rl.algorithm} on {len(examples)} prompts, {rl.max_steps} steps of {rl.train_batch_prompts} prompts x "
         f"{algo.n} samples, evaluation on {len(test_examples)} problems every {rl.eval_every} steps, device {backend.name}, "

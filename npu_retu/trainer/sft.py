@@ -104,7 +104,7 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
     from npu_retu.flops import ModelShape, mfu, tokens_flops
     from npu_retu.modeling import load_model, load_tokenizer
     from npu_retu.monitor.online import PhaseMonitor
-    from npu_retu.report.metrics import MetricsLogger
+    from npu_retu.report.metrics import MetricsLogger, NullLogger
     from npu_retu.trainer import checkpoint as ckpt
 
     if cfg.run.device != "auto":
@@ -168,7 +168,7 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
         backend.set_rng_state(state["rng"])
         step, flops, tokens_seen, elapsed = state["step"], state["flops"], state["tokens"], state["elapsed"]
         say(f"sft: resumed from {resume_from} (step {step})")
-    logger = MetricsLogger(run_dir, resume_step=step if resume_from is not None else None) if ranks.is_main else _NullLogger()
+    logger = MetricsLogger(run_dir, resume_step=step if resume_from is not None else None) if ranks.is_main else NullLogger()
 
     say(
         f"sft: {len(train)} train / {len(val)} validation examples, {steps_total} steps of {cfg.sft.global_batch_size} "
@@ -330,16 +330,6 @@ def _best_steps(monitor) -> set[int]:
     if monitor.first_decision is not None:
         keep.add(monitor.first_decision.checkpoint_step)
     return {s for s in keep if s is not None}
-
-
-class _NullLogger:
-    """Ranks other than 0 log nothing (rank 0 writes metrics.jsonl and TensorBoard)."""
-
-    def log(self, step, flops, row) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import queue
-import socket
 import subprocess
 import sys
 import time
@@ -199,7 +198,9 @@ def collective_check(
     start = time.perf_counter()
     context = mp.get_context("spawn")  # a fork would inherit an initialised device runtime
     results = context.Queue()
-    port = _free_port()
+    from npu_retu.distributed.process_group import free_port
+
+    port = free_port()
     processes = [
         context.Process(target=worker or _all_reduce_worker, args=(backend.name, rank, world, port, timeout_s, results),
                         name=f"doctor-all-reduce-rank{rank}")
@@ -262,19 +263,15 @@ def _all_reduce_worker(backend_name: str, rank: int, world_size: int, port: int,
     try:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        import datetime
-
         import torch.distributed as dist
 
         from npu_retu.device import detect_backend
-        from npu_retu.distributed.process_group import destroy_process_group, init_process_group
+        from npu_retu.distributed.process_group import destroy_process_group, ensure_single_process_group, init_process_group
 
         backend = detect_backend(backend_name)  # the same family the parent checked
         init_process_group(backend, timeout_s=timeout_s)
-        if not dist.is_initialized():  # one rank: process_group leaves it alone, the doctor still wants the library
-            backend.set_device(0)
-            dist.init_process_group(backend=backend.dist_backend, rank=0, world_size=1,
-                                    timeout=datetime.timedelta(seconds=timeout_s))
+        # one rank: init_process_group leaves it alone, but the doctor still wants the library
+        ensure_single_process_group(backend, timeout_s=timeout_s)
         torch = backend.torch
         tensor = torch.full((1,), float(rank + 1), dtype=torch.float32, device=backend.device())
         backend.synchronize()
@@ -300,12 +297,6 @@ def _stop(processes: list[Any]) -> None:
         if process.is_alive():
             process.kill()
             process.join(timeout=3)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------------------------------------

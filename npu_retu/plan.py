@@ -17,7 +17,6 @@ Bytes are bytes; the CLI prints GiB (2**30).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -341,14 +340,6 @@ def attention_mask_bytes(*, seq_len: int, micro_batch: int, mask_bytes: int = 2)
 # ----------------------------------------------------------------------------------------------
 # Steps and time
 # ----------------------------------------------------------------------------------------------
-
-
-def sft_total_steps(*, rows: int, epochs: float, global_batch: int) -> int:
-    """Optimizer steps of an SFT run that takes ``epochs`` passes over ``rows`` examples, as the
-    trainer counts them (npu_retu.trainer.sft.total_steps): ``ceil(epochs · rows / batch)``."""
-    if rows < 1 or global_batch < 1 or not epochs > 0:
-        raise UserError(f"need rows >= 1, batch >= 1 and epochs > 0, got {rows}, {global_batch}, {epochs}")
-    return max(1, math.ceil(epochs * rows / global_batch))
 
 
 def wall_seconds(flops: float, *, devices: int, peak_flops_per_device: float, mfu: float) -> float:

@@ -213,8 +213,13 @@ def test_memory_rows_peak_is_states_plus_the_larger_transient():
 def test_wall_time_and_steps_by_hand():
     # 1e18 FLOPs on 16 x 376 TFLOP/s at MFU 0.4: 1e18 / (16 * 376e12 * 0.4) = 415.558... s
     assert pl.wall_seconds(1e18, devices=16, peak_flops_per_device=376e12, mfu=0.4) == pytest.approx(415.5585, rel=1e-6)
-    assert pl.sft_total_steps(rows=889_000, epochs=8, global_batch=512) == 13_891  # ceil(13,890.625)
-    assert pl.sft_total_steps(rows=901_120, epochs=8, global_batch=512) == 14_080
+    # plan counts SFT steps as the trainer does (npu_retu.trainer.sft.total_steps)
+    from npu_retu.config import load_config
+    from npu_retu.trainer.sft import total_steps
+
+    cfg = load_config(None, ["sft.epochs=8", "sft.global_batch_size=512", "sft.micro_batch_size=8"])
+    assert total_steps(cfg, 889_000) == 13_891  # ceil(13,890.625)
+    assert total_steps(cfg, 901_120) == 14_080
     with pytest.raises(UserError):
         pl.wall_seconds(1.0, devices=1, peak_flops_per_device=1.0, mfu=1.5)
     assert [pl.format_duration(x) for x in (5, 42, 600, 7200, 3 * 86400)] == ["5.0 s", "42 s", "10.0 min", "2.0 h", "3.0 d"]

@@ -279,7 +279,9 @@ def _sft(cfg, args, spec, devices, peak, notes):
     if sft.max_steps > 0:
         steps, steps_source = sft.max_steps, "sft.max_steps"
     elif rows is not None:
-        steps = pl.sft_total_steps(rows=rows, epochs=sft.epochs, global_batch=sft.global_batch_size)
+        from npu_retu.trainer.sft import total_steps  # the trainer's own count
+
+        steps = total_steps(cfg, rows)
         steps_source = f"ceil({sft.epochs:g} epochs x {rows:,} rows / {sft.global_batch_size})"
     else:
         raise UserError("SFT steps need the row count: pass --rows N (or --dataset NAME, or set sft.max_steps)")

@@ -109,7 +109,7 @@ def import_deepspeed(backend: Any):
         raise UserError(f"engine.name=deepspeed needs DeepSpeed: {e} (pip install 'npu-retu[distributed]')") from None
     from deepspeed.accelerator import get_accelerator
 
-    chosen = get_accelerator()._name
+    chosen = get_accelerator().device_name()  # "cpu" / "cuda" / "npu"
     if chosen != wanted:
         raise UserError(f"DeepSpeed was already imported with accelerator {chosen!r}, not {wanted!r}")
     return deepspeed

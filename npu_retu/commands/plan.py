@@ -24,7 +24,7 @@ DEFAULT_HEADROOM = 0.1
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (a path, or the name of a shipped config)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, right after --config FILE, e.g. sft.micro_batch_size=2")
+                        help="config overrides, e.g. sft.micro_batch_size=2")
     parser.add_argument("--phase", choices=["sft", "rl"], default="sft", help="plan the config's SFT or its RL (default sft)")
     parser.add_argument("--nodes", type=int, required=True, help="nodes in the cluster")
     parser.add_argument("--devices-per-node", type=int, required=True, metavar="D", help="accelerators per node")

@@ -155,7 +155,7 @@ def generate_problems(
     """``n`` distinct problems of a difficulty, none of whose keys is in ``exclude``.
 
     The step count is drawn uniformly from the difficulty's range; a step count whose space is used
-    up (1 step has only 260 problems) drops out of the draw, so a large set leans to longer chains.
+    up (1 step has only 200 problems) drops out of the draw, so a large set leans to longer chains.
     The draw is one stream per seed: the first ``m`` problems of ``n > m`` are the ``m`` problems.
     """
     lo, hi = _check_difficulty(difficulty)

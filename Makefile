@@ -21,11 +21,12 @@ setup-test:
 demo: setup
 	$(VENV)/bin/npu-retu demo
 
+# the extras installed for the tests: tests/test_test_extras.py fails if one of them does not import
 test: setup-test
-	VENV=$(VENV) bash scripts/run_tests.sh $(PYTEST_ARGS)
+	NPU_RETU_TEST_EXTRAS="$(if $(EXTRAS),$(EXTRAS),$(TEST_EXTRAS))" VENV=$(VENV) bash scripts/run_tests.sh $(PYTEST_ARGS)
 
 test-slow: setup-test
-	VENV=$(VENV) bash scripts/run_tests.sh -m slow $(PYTEST_ARGS)
+	NPU_RETU_TEST_EXTRAS="$(if $(EXTRAS),$(EXTRAS),$(TEST_EXTRAS))" VENV=$(VENV) bash scripts/run_tests.sh -m slow $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

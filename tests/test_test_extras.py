@@ -1,0 +1,28 @@
+"""Tests that need an optional extra skip without it (a user's plain `pytest` must not fail for
+lack of DeepSpeed). `make test` installs those extras and names them in $NPU_RETU_TEST_EXTRAS, so
+there a missing or broken extra fails here instead of turning whole test files into skips."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+
+import pytest
+
+# extra (pyproject.toml) -> the modules whose absence makes tests skip
+EXTRA_MODULES = {
+    "distributed": ("deepspeed", "ray"),
+    "triton": ("triton",),
+    "test": ("pytest_timeout",),
+}
+REQUIRED = [e.strip() for e in os.environ.get("NPU_RETU_TEST_EXTRAS", "").split(",") if e.strip() in EXTRA_MODULES]
+
+
+@pytest.mark.skipif(not REQUIRED, reason="not run by `make test` ($NPU_RETU_TEST_EXTRAS unset): extras are optional")
+@pytest.mark.parametrize("extra", REQUIRED)
+def test_extras_installed_by_make_test_import(extra):
+    if extra == "triton" and (platform.system(), platform.machine()) != ("Linux", "x86_64"):
+        pytest.skip("the triton extra installs only on Linux x86_64 (pyproject marker)")
+    for module in EXTRA_MODULES[extra]:
+        importlib.import_module(module)  # an ImportError here is the failure

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,14 +64,13 @@ def test_data_parallel_update_equals_single_process(tmp_path, single, world_size
 
 def test_two_rank_rl_run_through_the_ray_driver(tmp_path):
     """2 CPU workers on a local Ray instance run GRPO for 2 steps: rank 0 logs the whole generation
-    batch (both ranks' groups), evaluates all problems (each rank scored half) and checkpoints."""
-    import ray
-
-    from npu_retu.config import load_config
-    from npu_retu.distributed.ray_driver import run_on_ray
-
+    batch (both ranks' groups), evaluates all problems (each rank scored half) and checkpoints.
+    The job runs in its own process (tests/ray_job.py says why), as `npu-retu rl ...
+    cluster.launcher=ray` does."""
+    cfg = tmp_path / "rl2.yaml"
+    cfg.write_text("run: {name: rl2}\n")
     overrides = [
-        f"run.output_dir={tmp_path}", "run.name=rl2", "run.seed=5", "run.progress=false", "run.device=cpu",
+        f"run.output_dir={tmp_path}", "run.seed=5", "run.progress=false", "run.device=cpu",
         "model.path=embedded:base", "rl.train_files=[embedded:rl-easy-200]", "rl.algorithm=grpo",
         "rl.train_batch_prompts=4", "rl.gen_batch_prompts=4", "rl.mini_batch_prompts=2", "rl.micro_batch_size=4",
         "rl.algo.n=4", "rl.max_response_length=24", "rl.max_steps=2", "rl.eval_every=2", "rl.eval_at_start=false",
@@ -78,9 +78,12 @@ def test_two_rank_rl_run_through_the_ray_driver(tmp_path):
         "eval.files=[embedded:rl-test]", "eval.n=1", "eval.max_problems=5", "eval.max_new_tokens=16", "eval.ks=[1]",
         "cluster.launcher=ray", "cluster.ray_address=local", "cluster.num_workers=2",
     ]
-    summary = run_on_ray("rl", load_config(None, overrides), say=lambda *a: None)
-    assert summary["steps"] == 2 and summary["flops"] > 0
-    assert not ray.is_initialized()
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "ray_job.py"), "rl", "--config", str(cfg), *overrides],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    compute = re.search(r"^steps: 2, RL compute: (\S+) FLOPs", proc.stdout, re.M)
+    assert compute and float(compute.group(1)) > 0, proc.stdout
+    assert "ray initialized after the job: False" in proc.stdout
     run_dir = tmp_path / "rl2"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in rows if "rollout/accuracy" in r]

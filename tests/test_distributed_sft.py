@@ -90,69 +90,60 @@ def assert_same_losses(run_dir: Path, reference, tol: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Ray: a local cluster, 2 CPU workers placed by the same driver a cluster uses
+# Ray: a local cluster, 2 CPU workers placed by the same driver a cluster uses. Each job runs in its
+# own process (tests/ray_job.py says why), as `npu-retu sft ... cluster.launcher=ray` does.
+
+RAY_JOB = REPO / "tests" / "ray_job.py"  # the CLI in a process of its own; says whether Ray is still up
+
+
+def run_ray_job(cfg: Path, *overrides: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """`npu-retu sft --config cfg` on 2 workers of a private Ray instance, in a new process."""
+    cmd = [sys.executable, str(RAY_JOB), "sft", "--config", str(cfg),
+           "cluster.launcher=ray", "cluster.ray_address=local", "cluster.num_workers=2", *overrides]
+    return run(cmd, env_extra=env_extra)
 
 
 def test_ray_driver_two_cpu_workers_match_single_process(tmp_path, reference):
-    import ray
-
-    from npu_retu.config import load_config
-    from npu_retu.distributed.ray_driver import run_on_ray
-
-    cfg = load_config(write_config(tmp_path, "ray"), ["cluster.launcher=ray", "cluster.ray_address=local", "cluster.num_workers=2"])
-    summary = run_on_ray("sft", cfg, say=lambda *a: None)
-    assert summary["steps"] == STEPS
-    assert Path(summary["run_dir"]) == tmp_path / "ray"
+    proc = run_ray_job(write_config(tmp_path, "ray"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"run folder: {tmp_path / 'ray'}" in proc.stdout and f"steps: {STEPS}," in proc.stdout
     assert_same_losses(tmp_path / "ray", reference, tol=1e-5)
     # the HF checkpoint written by rank 0 loads, and rank 1 wrote nothing of its own
     checkpoints = sorted(p.name for p in (tmp_path / "ray" / "checkpoints").iterdir())
     assert checkpoints == ["step-000002", "step-000004"]
     # clean shutdown: the driver stopped the Ray instance it started
-    assert not ray.is_initialized()
+    assert "ray initialized after the job: False" in proc.stdout
 
 
 def test_ray_worker_failure_reports_its_traceback_without_hanging(tmp_path):
     import time
 
-    import ray
-
-    from npu_retu.config import load_config
-    from npu_retu.distributed.ray_driver import WorkerFailed, run_on_ray
-
     # the ranks cannot read their data: the first rank to raise ends the job with its traceback
-    cfg = load_config(write_config(tmp_path, "fail"), [
-        "cluster.launcher=ray", "cluster.ray_address=local", "cluster.num_workers=2", "cluster.timeout_s=600",
-        f"data.train_files=[{tmp_path / 'missing-rank-data.jsonl'}]",
-    ])
     start = time.monotonic()
-    with pytest.raises(WorkerFailed) as error:
-        run_on_ray("sft", cfg, say=lambda *a: None)
+    proc = run_ray_job(write_config(tmp_path, "fail"), "cluster.timeout_s=600",
+                       f"data.train_files=[{tmp_path / 'missing-rank-data.jsonl'}]")
     assert time.monotonic() - start < 120  # far below the 600 s collective timeout
-    message = str(error.value)
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # a user error, reported as one
+    message = proc.stderr
+    assert "npu-retu sft: error: rank " in message and " of 2 failed:" in message
     # the worker's own frames and exception, not just Ray's wrapper
-    assert "failed:" in message and 'npu_retu/trainer/sft.py", line' in message and "in load_sft_data" in message
+    assert 'npu_retu/trainer/sft.py", line' in message and "in load_sft_data" in message
     assert "UserError: file or folder not found" in message and "missing-rank-data.jsonl" in message
-    assert not ray.is_initialized()
+    assert "ray initialized after the job: False" in proc.stdout
 
 
-def test_ray_rank_killed_mid_job_ends_the_job_instead_of_hanging(tmp_path, monkeypatch):
+def test_ray_rank_killed_mid_job_ends_the_job_instead_of_hanging(tmp_path):
     import time
-
-    import ray
-
-    from npu_retu.config import load_config
-    from npu_retu.distributed.ray_driver import WorkerFailed, run_on_ray
 
     # rank 0 is SIGKILLed while writing checkpoint 2; rank 1 waits for it at a barrier, which only
     # the 600 s collective timeout would end: the driver must notice the dead rank and stop the job
-    monkeypatch.setenv("NPU_RETU_FAULT_KILL_DURING_SAVE", "2")
-    cfg = load_config(write_config(tmp_path, "killed"), [
-        "cluster.launcher=ray", "cluster.ray_address=local", "cluster.num_workers=2", "cluster.timeout_s=600"])
     start = time.monotonic()
-    with pytest.raises(WorkerFailed, match="rank 0 of 2 died"):
-        run_on_ray("sft", cfg, say=lambda *a: None)
+    proc = run_ray_job(write_config(tmp_path, "killed"), "cluster.timeout_s=600",
+                       env_extra={"NPU_RETU_FAULT_KILL_DURING_SAVE": "2"})
     assert time.monotonic() - start < 180
-    assert not ray.is_initialized()
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "npu-retu sft: error: rank 0 of 2 died" in proc.stderr
+    assert "ray initialized after the job: False" in proc.stdout
 
 
 # ------------------------------------------------------------------------------------------------

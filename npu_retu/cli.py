@@ -77,13 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    from npu_retu.errors import UserError
+    from npu_retu.errors import EnvironmentFault, UserError
 
     try:
         return int(_load(command).run(args) or 0)
     except UserError as e:
         print(f"npu-retu {command}: error: {e}", file=sys.stderr)
         return 2
+    except EnvironmentFault as e:
+        print(f"npu-retu {command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"npu-retu {command}: interrupted", file=sys.stderr)
         return 130

@@ -2,7 +2,12 @@
 
 
 class UserError(Exception):
-    """Bad input, a bad config, a missing file: the message says what and where."""
+    """Bad input, a bad config, a missing file: the message says what and where (exit status 2)."""
+
+
+class EnvironmentFault(Exception):
+    """Not the user's input but the machine: a full disk, a read-only folder. The CLI prints the
+    message as one line and exits with status 1; whatever was being written has been removed."""
 
 
 def integer_field(row: dict, key: str, where: str) -> int:

@@ -12,6 +12,10 @@ The trainer sees the same five calls as with :class:`npu_retu.engine.local.Local
 * gradient accumulation is DeepSpeed's: one ``backward`` + ``step`` per micro-batch, the optimizer
   runs at the boundary.
 
+Resume reads DeepSpeed's files with ``torch.load(weights_only=True)`` and an allowlist of the three
+non-tensor classes its ZeRO checkpoints hold: DeepSpeed's own loader unpickles with
+``weights_only=False``, which runs whatever code a crafted shard names.
+
 Loss scaling: the trainer passes the token count of the whole optimizer step (all micro-batches of
 all ranks), so each micro-batch contributes ``loss_sum / num_loss_tokens``: the sum of these over
 micro-batches and ranks is the token mean of Eq. 1. DeepSpeed *averages* gradients over the
@@ -21,6 +25,7 @@ told not to divide by the accumulation steps.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -113,6 +118,46 @@ def import_deepspeed(backend: Any):
     if chosen != wanted:
         raise UserError(f"DeepSpeed was already imported with accelerator {chosen!r}, not {wanted!r}")
     return deepspeed
+
+
+def checkpoint_classes() -> list[type]:
+    """The classes other than tensors and plain values in DeepSpeed's ZeRO 0-3 checkpoint files
+    (found with ``torch.serialization.get_unsafe_globals_in_checkpoint`` on saved runs): the static
+    loss scaler (bf16 / fp32: fp16 and its dynamic scaler are never configured here), the ZeRO
+    stage enum and the fp32 partition's per-parameter ``fragment_address`` records. Unpickling
+    them only fills their fields; nothing else is allowed."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextlib.contextmanager
+def weights_only_loads(checkpoint_engine: Any):
+    """Make DeepSpeed's checkpoint engine load with ``weights_only=True`` for the duration.
+
+    Every file ``DeepSpeedEngine.load_checkpoint`` reads outside universal checkpoints (model
+    states, ZeRO optimizer shards, schedule) goes through ``checkpoint_engine.load(path,
+    map_location)``, and the stock ``TorchCheckpointEngine.load`` calls ``torch.load(...,
+    weights_only=False)``. A refused or damaged file is a :class:`UserError` naming it.
+    """
+    from npu_retu.trainer.checkpoint import load_weights_only
+
+    allowed = checkpoint_classes()
+
+    def load(path, map_location=None):
+        return load_weights_only(Path(path), map_location=map_location, allowed=allowed)
+
+    previous = vars(checkpoint_engine).get("load")
+    checkpoint_engine.load = load
+    try:
+        yield
+    finally:
+        if previous is None:
+            del checkpoint_engine.load
+        else:
+            checkpoint_engine.load = previous
 
 
 class DeepSpeedEngine:
@@ -238,9 +283,10 @@ class DeepSpeedEngine:
         folder = Path(checkpoint_dir) / CHECKPOINT_SUBDIR
         if not (folder / CHECKPOINT_TAG).is_dir():
             raise UserError(f"{checkpoint_dir} has no DeepSpeed state ({folder / CHECKPOINT_TAG}); was it written by engine.name=local?")
-        load_path, _ = self.ds.load_checkpoint(
-            str(folder), tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+        with weights_only_loads(self.ds.checkpoint_engine):
+            load_path, _ = self.ds.load_checkpoint(
+                str(folder), tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
         if load_path is None:
             raise UserError(f"DeepSpeed could not load its checkpoint from {folder}")
 

@@ -16,18 +16,22 @@ Layers, bottom up:
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import itertools
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import signal
+import sys
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from npu_retu.reward.extract import final_answer_text, truncate_for_log
@@ -126,11 +130,32 @@ def score_one(response: str, ground_truths: str | Sequence[str]) -> float:
 # the worker process
 
 
-def _exit_when_orphaned(parent_pid: int) -> None:
-    """A watchdog thread: if the parent dies (even by SIGKILL), exit rather than linger hung.
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
-    Best effort: it needs the GIL, which pure-Python sympy loops hand over regularly.
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """Make sure this worker dies with its parent (even a SIGKILLed one), even while it is stuck.
+
+    A worker may be deep inside one sympy call that holds the GIL for minutes (a bignum power of
+    the HANG input), so nothing that needs the GIL can be relied on. On Linux the kernel does it:
+    ``PR_SET_PDEATHSIG`` sends us SIGKILL when our parent dies. It fires when the parent *thread*
+    that started us exits, not the process, which is why ``RewardPool`` starts every worker from one
+    thread that lives as long as the pool. A parent that died before the ``prctl`` call sends no
+    signal, hence the ``getppid`` check right after it.
+
+    Elsewhere (and should ``prctl`` fail) a watchdog thread polls ``getppid``: best effort, since it
+    needs the GIL, which pure-Python loops hand over regularly but a long C call does not.
     """
+    if sys.platform.startswith("linux"):
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+            prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+            if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        except (OSError, AttributeError) as e:
+            logger.warning("reward worker: prctl(PR_SET_PDEATHSIG) failed (%s); a hung worker may outlive its parent", e)
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(0)
 
     def watch():
         while True:
@@ -181,7 +206,43 @@ class _Worker:
         self.conn.close()
 
 
-def _shutdown(workers: list[_Worker]) -> None:
+class _Spawner:
+    """One daemon thread that starts every worker of a pool, and lives as long as the pool.
+
+    A worker's parent-death signal fires when the *thread* that started it exits, and ``score``
+    (which replaces killed workers) may run on a short-lived thread of the trainer; so workers are
+    never started from the caller's thread. Daemon, because Python stops its non-daemon helper
+    threads (a ``ThreadPoolExecutor``'s) at exit *before* joining the user's threads, which may
+    still be scoring.
+    """
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="reward-spawner", daemon=True)
+        self._thread.start()
+
+    def run(self, start: Callable[[], _Worker]) -> _Worker:
+        """``start()`` on the spawner thread; its result, or its exception raised here."""
+        if not self._thread.is_alive():
+            raise RuntimeError("RewardPool is closed")
+        future: Future = Future()
+        self._requests.put((start, future))
+        return future.result()
+
+    def stop(self) -> None:
+        self._requests.put(None)  # no join: this may run on the spawner thread itself (a GC there)
+
+    def _serve(self) -> None:
+        while (request := self._requests.get()) is not None:
+            start, future = request
+            try:
+                future.set_result(start())
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                future.set_exception(e)
+            del start, future, request  # hold no reference to the pool between requests
+
+
+def _shutdown(workers: list[_Worker], spawner: _Spawner) -> None:
     """Ask every worker to exit, then kill the ones that do not (a busy worker may be hung)."""
     for worker in workers:
         if worker.state == "idle":
@@ -195,6 +256,7 @@ def _shutdown(workers: list[_Worker]) -> None:
             worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
         worker.kill()
     workers.clear()
+    spawner.stop()
 
 
 _STAT_KEYS = ("scored", "correct", "ok", "no_answer", "timeouts", "errors", "gold_unparsable", "worker_restarts")
@@ -208,7 +270,8 @@ class RewardPool:
     ``start_timeout_s``) before handing out items; each item then has ``timeout_s`` seconds of its
     worker's time, after which the worker is killed and replaced and the item scores 0.0 with status
     ``timeout``. ``score`` may be called from several threads: calls are served one after another
-    (each uses all workers).
+    (each uses all workers). Workers die with the process that made the pool, even when it is
+    SIGKILLed while they are stuck in a hanging input (see :func:`_exit_when_orphaned`).
 
     Spawned workers re-import the main module, so a script that makes a pool at top level needs
     the usual ``if __name__ == "__main__":`` guard (the ``npu-retu`` entry points have it).
@@ -228,9 +291,10 @@ class RewardPool:
         self._stats = dict.fromkeys(_STAT_KEYS, 0)  # keys fixed up front: stats() may copy it any time
         self._warned_golds: set[str] = set()
         self._closed = False
+        self._spawner = _Spawner()  # starts every worker, replacements included (see _Spawner)
         self._workers: list[_Worker] = [self._spawn() for _ in range(num_workers)]
         # Workers die with the pool even if close() is never called.
-        self._finalizer = weakref.finalize(self, _shutdown, self._workers)
+        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._spawner)
 
     # -- public API --------------------------------------------------------------------------
 
@@ -275,6 +339,10 @@ class RewardPool:
     # -- internals ---------------------------------------------------------------------------
 
     def _spawn(self) -> _Worker:
+        return self._spawner.run(self._start_worker)
+
+    def _start_worker(self) -> _Worker:
+        """Start one worker process; runs on the spawner thread only."""
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=_worker_main, args=(child_conn, os.getpid()), name="npu-retu-reward-worker", daemon=True

@@ -12,5 +12,7 @@ def config_path(name: str) -> Path:
     candidate = CONFIG_DIR / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
     if not candidate.is_file():
         names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise UserError(f"no shipped config named {name!r}; available: {', '.join(names)}")
+        if "/" in name or "\\" in name or Path(name).exists():  # meant as a path
+            raise UserError(f"config file not found: {name}" + (" (it is a folder)" if Path(name).is_dir() else ""))
+        raise UserError(f"config file not found: {name}, and no shipped config has that name; shipped: {', '.join(names)}")
     return candidate

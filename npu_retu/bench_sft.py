@@ -35,8 +35,9 @@ def bench_sft(args) -> dict:
         set_backend(cfg.run.device)
     backend = get_backend()
     backend.manual_seed(cfg.run.seed)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
-    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation)
+    trust = cfg.model.trust_remote_code
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path, trust_remote_code=trust)
+    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation, trust_remote_code=trust)
     train, _ = load_sft_data(cfg, tokenizer, BadRowCounter())
     accum = cfg.sft.global_batch_size // cfg.sft.micro_batch_size
     batcher = SFTBatcher(

@@ -9,6 +9,7 @@ wrong type or an impossible value raises :class:`ConfigError` naming the key and
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,7 +38,11 @@ class RunConfig:
     progress: bool = True  # progress bar (only drawn on a terminal)
 
     def validate(self) -> None:
-        _check(self.name.strip() != "" and "/" not in self.name, "run.name", "a non-empty name without '/'", self.name)
+        # the name is one folder inside output_dir: never ".", ".." or a path (--overwrite deletes it)
+        _check(
+            self.name.strip() != "" and self.name not in (".", "..") and not any(c in self.name for c in "/\\\0"),
+            "run.name", "a plain folder name (not '.' or '..', no '/' or '\\')", self.name,
+        )
 
 
 @dataclass
@@ -49,6 +54,9 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
+    # Run Python code shipped in the model folder (``auto_map`` in config.json / tokenizer_config.json)?
+    # Off: such a folder is refused with a clear error instead of its code being imported.
+    trust_remote_code: bool = False
 
 
 @dataclass
@@ -81,7 +89,7 @@ class OptimConfig:
     max_grad_norm: float = 1.0  # <= 0 disables clipping
 
     def validate(self) -> None:
-        _check(self.lr > 0, "optim.lr", "> 0", self.lr)
+        _check(0 < self.lr <= 1, "optim.lr", "in (0, 1]", self.lr)
         _check(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", "two numbers in [0, 1)", self.betas)
         _check(self.warmup_steps >= 0, "optim.warmup_steps", ">= 0", self.warmup_steps)
@@ -373,28 +381,69 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Load a YAML file (or the defaults when ``path`` is None), apply overrides, validate."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
-        data = loaded
+        data = read_yaml_config(Path(path))
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected key.sub=value")
-        _set_path(data, key.strip().split("."), yaml.safe_load(raw) if raw.strip() != "" else "")
+        try:
+            value = _load_yaml(raw) if raw.strip() != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)}); quote it to pass a string") from None
+        _set_path(data, key.strip().split("."), value)
     if cls is Config:
         data = apply_rl_preset(data)
     cfg = from_dict(cls, data, prefix="")
     cfg.validate()
     return cfg
+
+
+def read_yaml_config(path: Path) -> dict[str, Any]:
+    """A config file's mapping of sections; every problem with the file is one :class:`ConfigError` line."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}); save it as UTF-8") from None
+    try:
+        loaded = _load_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
+    if loaded is None:
+        raise ConfigError(f"{path}: holds no settings (empty, or only comments); write at least one section, e.g. 'run: {{name: my-run}}'")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one section (lines {seen[key]} and {line})", key_node.start_mark
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: the problem and where."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(error).split())
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def apply_rl_preset(data: dict[str, Any]) -> dict[str, Any]:
@@ -492,14 +541,19 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return int(value)
         raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{key}': expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -527,5 +581,10 @@ def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
 
 
 def dump_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (the run folder's config.yaml)."""
-    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), encoding="utf-8")
+    """Write the resolved config as YAML (the run folder's config.yaml), atomically."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)

@@ -241,7 +241,7 @@ def pretrain_base(
     if steps < 1:
         raise UserError(f"pretrain_base: steps must be >= 1, got {steps}")
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(resolve("embedded:tokenizer"))
+        tokenizer = AutoTokenizer.from_pretrained(resolve("embedded:tokenizer"), trust_remote_code=False)
     if texts is None:
         texts = read_pretrain_texts(resolve("embedded:pretrain-text"))
     if not texts:
@@ -396,7 +396,7 @@ def _build_tokenizer(out: Path) -> None:
 def _build_pretrain_text(out: Path) -> None:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve("embedded:tokenizer"))
+    tokenizer = AutoTokenizer.from_pretrained(resolve("embedded:tokenizer"), trust_remote_code=False)
     seed = SEEDS["pretrain"]
     problems = synthetic.generate_problems(PRETRAIN_DOCS, "uniform", seed, exclude=held_out_keys())
     drills = synthetic.generate_problems(PRETRAIN_DOCS, "uniform", SEEDS["pretrain-drills"], exclude=held_out_keys())

@@ -49,6 +49,10 @@ def main(out: str, engine_name: str) -> None:
         f"engine.name={engine_name}", "engine.zero_stage=2", "engine.fused_ops=false",
         f"rl.algo.n={N}", "rl.mini_batch_prompts=3", "rl.train_batch_prompts=3", "rl.micro_batch_size=2",
         "rl.kernels=reference", "rl.optim.lr=0.05", "rl.optim.max_grad_norm=0.5",
+        # Adam eps above the gradients' float noise: with the default 1e-8 an entry whose gradient is ~1e-7
+        # moves by a whole lr step whose sign is that noise; the weights then differ by more than the
+        # update being checked
+        "rl.optim.eps=1e-3",
     ])
     engine = build_engine(cfg, model, total_steps=4, backend=backend, world_size=ranks.world_size,
                           micro_batch_size=2, grad_accum_steps=2, optim=cfg.rl.optim)

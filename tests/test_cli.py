@@ -36,7 +36,8 @@ def test_console_script_runs():
 def test_user_errors_are_one_line(tmp_path, capsys):
     assert main(["sft", "--config", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "no shipped config named" in err and "Traceback" not in err
+    # a path that does not exist is "not found", not "no shipped config named ..." (issue 14)
+    assert err == f"npu-retu sft: error: config file not found: {tmp_path / 'nope.yaml'}\n"
 
 
 def test_overrides_after_an_option_reach_the_config(capsys):

@@ -43,7 +43,7 @@ def test_wrong_type_names_key(tmp_path):
 def test_impossible_values_name_key():
     with pytest.raises(ConfigError, match=r"'sft.global_batch_size'.*multiple of sft.micro_batch_size"):
         load_config(None, ["sft.global_batch_size=10", "sft.micro_batch_size=4"])
-    with pytest.raises(ConfigError, match=r"'optim.lr'.*> 0"):
+    with pytest.raises(ConfigError, match=r"'optim.lr'.*must be in \(0, 1\]"):
         load_config(None, ["optim.lr=0"])
     with pytest.raises(ConfigError, match=r"'monitor.delta'"):
         load_config(None, ["monitor.delta=0.2", "monitor.delta2=0.1"])

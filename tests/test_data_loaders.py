@@ -130,6 +130,11 @@ def test_plain_rl_rows_every_prompt_and_answer_key():
         ('["2", "-2"]', ["2", "-2"]),
         ("[0, 1]", ["[0, 1]"]),  # an interval, not a list
         ("[0, 1)", ["[0, 1)"]),
+        ("[2,5]", ["[2,5]"]),  # a JSON list of numbers is math, not a list of answers
+        ("[[1,2],[3,4]]", ["[[1,2],[3,4]]"]),  # a matrix
+        ("[3]", ["[3]"]),  # math-verify reads it as 3
+        ("[-1, \\infty)", ["[-1, \\infty)"]),  # not JSON, and does not open like a list of strings
+        (' [ "4" , "5" ] ', ["4", "5"]),
         ([1, 2.0, "x"], ["1", "2", "x"]),
         ("\\frac{1}{2}", ["\\frac{1}{2}"]),
     ],
@@ -148,6 +153,11 @@ def test_normalize_ground_truth(value, expected):
         (True, "expected a string or a number, got a boolean"),
         (math.nan, "expected a finite number, got nan"),
         ([[1]], "expected a string or a number, got a list"),
+        ('["8"', "expected a JSON-encoded list of answers such as '[\"3\"]', got '[\"8\"': Expecting ',' delimiter (column 5)"),
+        ("['8']", "expected a JSON-encoded list of answers such as '[\"3\"]', got \"['8']\": Expecting value (column 2)"),
+        ('["8", 9]', "expected a JSON-encoded list of strings, got a number at index 1 of '[\"8\", 9]'"),
+        ("[null]", "expected a JSON-encoded list of strings, got null at index 0 of '[null]'"),
+        ('["a", {"b": 1}]', "expected a JSON-encoded list of strings, got an object at index 1 of '[\"a\", {\"b\": 1}]'"),
     ],
 )
 def test_normalize_ground_truth_rejects(value, message):
@@ -342,7 +352,8 @@ def test_skip_bad_rows_counts_by_reason(data_dir):
     assert [e.source for e in examples] == [f"data/train.jsonl:{row}" for row in (1, 3, 5, 7, 9, 10)]
     assert counter.skipped == 4
     assert counter.summary() == (
-        "skipped 4 bad rows of 10 in data/train.jsonl: 2 malformed JSON, 1 missing field 'messages', 1 not valid UTF-8"
+        "skipped 4 bad rows of 10 in data/train.jsonl: 2 malformed JSON (rows 2, 8), "
+        "1 missing field 'messages' (row 4), 1 not valid UTF-8 (row 6)"
     )
 
 
@@ -350,7 +361,8 @@ def test_skip_bad_rows_without_counter_logs_the_summary(data_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="npu_retu.data.errors"):
         assert len(load_sft(bad_mix(data_dir), skip_bad_rows=True)) == 6
     assert [record.getMessage() for record in caplog.records] == [
-        "skipped 4 bad rows of 10 in data/train.jsonl: 2 malformed JSON, 1 missing field 'messages', 1 not valid UTF-8"
+        "skipped 4 bad rows of 10 in data/train.jsonl: 2 malformed JSON (rows 2, 8), "
+        "1 missing field 'messages' (row 4), 1 not valid UTF-8 (row 6)"
     ]
 
 
@@ -366,7 +378,7 @@ def test_all_rows_bad_is_an_error_even_when_skipping(data_dir):
         load_rl(file, skip_bad_rows=True)
     assert str(caught.value) == (
         "data/rl.jsonl: no usable rows (skipped 2 bad rows of 2 in data/rl.jsonl: "
-        "1 missing field 'ground_truth', 1 malformed JSON)"
+        "1 missing field 'ground_truth' (row 1), 1 malformed JSON (row 2))"
     )
 
 
@@ -380,7 +392,7 @@ def test_data_error_formats():
     assert counter.summary() == "skipped 1 bad row of 1 in a.jsonl: 1 longer than max_length"
     counter.add_row("a.jsonl")
     counter.skip("a.jsonl:2", "longer than max_length")  # an example's source names the file and row
-    assert counter.summary() == "skipped 2 bad rows of 2 in a.jsonl: 2 longer than max_length"
+    assert counter.summary() == "skipped 2 bad rows of 2 in a.jsonl: 2 longer than max_length (rows 2, and 1 more)"
     assert BadRowCounter().summary() == ""
 
 

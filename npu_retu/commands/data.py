@@ -79,7 +79,7 @@ def _chat_renderer():
 
     from npu_retu import embedded
 
-    return embedded.chat_template_fn(AutoTokenizer.from_pretrained(embedded.resolve("embedded:tokenizer")))
+    return embedded.chat_template_fn(AutoTokenizer.from_pretrained(embedded.resolve("embedded:tokenizer"), trust_remote_code=False))
 
 
 def _embedded(args: argparse.Namespace) -> int:

@@ -7,6 +7,9 @@ HELP = "Evaluate a checkpoint on a problem set: avg@n and unbiased pass@k with m
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="a Hugging Face model folder (a checkpoint) or embedded:base")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run Python code the model folder ships (auto_map in its config.json); off by default: "
+                             "such a folder is refused")
     parser.add_argument("--data", required=True, nargs="+",
                         help="problem files (RL rows: prompt + ground truth; JSONL / JSON / Parquet) or embedded:rl-test")
     parser.add_argument("--benchmark", default=None, choices=("gsm8k", "minerva_math", "olympiadbench", "aime24", "amc23"),
@@ -45,8 +48,8 @@ def run(args) -> int:
         examples = load_rl(files)
     if args.max_problems:
         examples = examples[: args.max_problems]
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model)
+    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    model = load_model(args.model, trust_remote_code=args.trust_remote_code)
     rollout = TransformersRollout(model, tokenizer, batch_size=args.batch_size)
     with make_reward("math_verify", num_workers=args.workers, timeout_s=args.timeout) as reward:
         result = evaluate(

@@ -29,9 +29,9 @@ def read_rows(
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(row, record)`` for every row of a ``.jsonl``, ``.json`` or ``.parquet`` file.
 
-    A missing file, an unknown extension or a file without rows raises :class:`DataError` naming the
-    file. A bad row (not UTF-8, malformed JSON, not an object) raises too, unless ``skip_bad_rows``:
-    then it is counted in ``counter`` (when given) and skipped.
+    A missing file, an unknown extension, a file without rows or a Parquet file that cannot be read
+    raises :class:`DataError` naming the file. A bad row (not UTF-8, malformed JSON, not an object)
+    raises too, unless ``skip_bad_rows``: then it is counted in ``counter`` (when given) and skipped.
     """
     file = str(path)
     path = Path(path)
@@ -115,19 +115,62 @@ def _read_json_array(path: Path, file: str) -> Iterator[tuple[int, dict[str, Any
 
 
 def _read_parquet(path: Path, file: str) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
-    """Parquet via pyarrow, in record batches; nested columns come back as lists of dicts."""
+    """Parquet via pyarrow, a row group at a time in record batches; nested columns come back as lists of dicts.
+
+    A file that is not Parquet (no footer, a garbled footer) or a row group that cannot be read (a
+    corrupted page; checksums are verified where the writer stored them) raises a DataError naming
+    the row group and its rows. A string that is not UTF-8 is a bad row, as in JSONL.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(file, f"not a readable Parquet file: {e}") from None
-    index = 0
-    for batch in parquet.iter_batches(batch_size=1024):
-        for record in batch.to_pylist():
-            yield index, record
-            index += 1
+        parquet = pq.ParquetFile(path, page_checksum_verification=True)
+    except (pa.ArrowException, OSError) as e:  # a garbled footer is a bare OSError, not an ArrowException
+        raise DataError(file, f"not a readable Parquet file: {_one_line(e)}") from None
+    groups = parquet.metadata.num_row_groups
+    first = 0  # the row index of the group's first row
+    for group in range(groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        index = first
+        try:
+            for batch in parquet.iter_batches(batch_size=1024, row_groups=[group]):
+                try:
+                    records = batch.to_pylist()
+                except UnicodeDecodeError:  # pyarrow does not check UTF-8 when it reads; find the row
+                    records = [_parquet_row(batch, i, file, index + i) for i in range(batch.num_rows)]
+                for record in records:
+                    yield index, record
+                    index += 1
+        except (pa.ArrowException, OSError) as e:
+            kind = "unsupported" if isinstance(e, pa.ArrowNotImplementedError) else "corrupted"
+            raise DataError(
+                file, f"{kind} data in row group {group} of {groups} (rows {first}-{first + rows - 1}): {_one_line(e)}"
+            ) from None
+        first += rows
+
+
+def _parquet_row(batch: Any, i: int, file: str, row: int) -> dict[str, Any] | DataError:
+    """Row ``i`` of a record batch, or a DataError naming the column whose string is not UTF-8."""
+    try:
+        return batch.slice(i, 1).to_pylist()[0]
+    except UnicodeDecodeError:
+        for name in batch.schema.names:
+            try:
+                batch.column(name)[i].as_py()
+            except UnicodeDecodeError as e:
+                bad = e.object[e.start : e.start + 1].hex()
+                return DataError(
+                    file, f"not valid UTF-8: byte 0x{bad} at byte {e.start} of the value", row=row, field=name,
+                    reason="not valid UTF-8",
+                )
+        return DataError(file, "not valid UTF-8", row=row, reason="not valid UTF-8")
+
+
+def _one_line(error: Exception) -> str:
+    """pyarrow's messages end in newlines, may span several and may quote a corrupted byte raw."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _not_an_object(file: str, row: int, value: Any) -> DataError:

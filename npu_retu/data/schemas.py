@@ -211,9 +211,20 @@ def _lookup(record: dict[str, Any], dotted_key: str, check: _Checker) -> tuple[A
 def normalize_ground_truth(value: Any, check: _Checker | None = None, field: str = "ground_truth") -> list[str]:
     """A ground truth in any accepted form -> a non-empty ``list[str]`` of accepted answers.
 
-    Strings stay as they are (stripped), except a JSON-encoded list of strings (Skywork-OR1 stores
-    ``"[\\"3\\"]"``), which is decoded; a string such as ``"[0, 1]"`` is an interval, not a list, and
-    stays. Numbers lose a spurious ``.0`` (27.0 -> "27", 2.5 -> "2.5").
+    Strings stay as they are (stripped), except the Skywork-OR1 encoding, a JSON list of strings in a
+    string (``"[\\"3\\"]"``), which is decoded. Numbers lose a spurious ``.0`` (27.0 -> "27",
+    2.5 -> "2.5"). A string that starts with ``[`` is read by this rule:
+
+    * a JSON list whose items are all strings is the Skywork encoding: ``'["2", "-2"]'`` -> ``["2", "-2"]``;
+    * a JSON list of numbers only, nested or not, is math, kept as written: the interval ``"[2,5]"``,
+      the matrix ``"[[1,2],[3,4]]"``;
+    * any other JSON list (strings mixed with numbers ``'["8", 9]'``, null, objects, an empty list) is a
+      broken encoding: a :class:`DataError`. Real Skywork rows hold strings only, so a number beside
+      strings is a writer's bug, not an answer;
+    * text that is not JSON is math kept as written (``"[0, 1)"``, ``"[-1, \\infty)"``), unless it
+      opens like a list of strings, ``["`` or ``['`` (``'["8"'`` cut short, Python's ``"['8']"``): a
+      :class:`DataError` too. Scoring such a string as a literal answer would make every correct
+      response score 0 with status ``ok``.
     """
     check = check or _Checker("(ground truth)", None)
     if isinstance(value, list):
@@ -221,15 +232,50 @@ def normalize_ground_truth(value: Any, check: _Checker | None = None, field: str
             raise check.empty(field, "expected at least one answer, got an empty list")
         return [_one_answer(item, check, f"{field}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, str) and value.strip().startswith("["):
-        try:
-            decoded = json.loads(value)
-        except json.JSONDecodeError:
-            decoded = None
-        if isinstance(decoded, list) and decoded and all(isinstance(item, str) for item in decoded):
+        decoded = _json_encoded_answers(value.strip(), check, field)
+        if decoded is not None:
             return [_one_answer(item, check, f"{field}[{i}]") for i, item in enumerate(decoded)]
-        if isinstance(decoded, list) and not decoded:
-            raise check.empty(field, "expected at least one answer, got an empty JSON list")
     return [_one_answer(value, check, field)]
+
+
+_OPENS_LIKE_STRING_LIST = re.compile(r"\[\s*[\"']")
+
+
+def _json_encoded_answers(text: str, check: _Checker, field: str) -> list[str] | None:
+    """The answers of a JSON-encoded list of strings; None when ``text`` is math that starts with ``[``."""
+    try:
+        decoded = json.loads(text)  # a list: the text starts with "["
+    except json.JSONDecodeError as e:
+        if _OPENS_LIKE_STRING_LIST.match(text):
+            raise check.bad_value(
+                field,
+                f"expected a JSON-encoded list of answers such as '[\"3\"]', got {_quote(text)}: "
+                f"{e.msg} (column {e.colno})",
+            ) from None
+        return None  # "[0, 1)", "[a, b]": an interval or other math written with a bracket
+    if not decoded:
+        raise check.empty(field, "expected at least one answer, got an empty JSON list")
+    if all(isinstance(item, str) for item in decoded):
+        return decoded
+    if _numbers_only(decoded):
+        return None  # "[2,5]", "[[1,2],[3,4]]": an interval, a vector or a matrix, not a list of answers
+    index, item = next((i, item) for i, item in enumerate(decoded) if not isinstance(item, str))
+    raise check.bad_value(
+        field, f"expected a JSON-encoded list of strings, got {json_type_name(item)} at index {index} of {_quote(text)}"
+    )
+
+
+def _numbers_only(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_numbers_only(item) for item in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _quote(text: str, limit: int = 80) -> str:
+    """``repr(text)``, cut in the middle when long, for a message that quotes a bad value."""
+    if len(text) > limit:
+        text = text[: limit // 2] + " ... " + text[-limit // 2 :]
+    return repr(text)
 
 
 def _one_answer(value: Any, check: _Checker, field: str) -> str:

@@ -129,8 +129,9 @@ def evaluate_checkpoints(cfg: Config, root: Path, name: str, sft_done: dict[str,
             for step in todo:
                 t0 = time.perf_counter()
                 model_dir = checkpoint_path(sft_done, step)
-                tokenizer = load_tokenizer(str(model_dir))
-                model = load_model(str(model_dir), cfg.model.dtype, cfg.model.attn_implementation)
+                tokenizer = load_tokenizer(str(model_dir), trust_remote_code=cfg.model.trust_remote_code)
+                model = load_model(str(model_dir), cfg.model.dtype, cfg.model.attn_implementation,
+                                   trust_remote_code=cfg.model.trust_remote_code)
                 rollout = TransformersRollout(model, tokenizer, batch_size=cfg.rl.rollout.batch_size)
                 result = evaluate(
                     rollout, tokenizer, examples, reward.score, n=e.n, temperature=e.temperature, top_p=e.top_p,

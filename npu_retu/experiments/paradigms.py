@@ -144,7 +144,9 @@ def _eval_every(cfg: Config, budget: float, points: int) -> int:
     from npu_retu.modeling import resolve_path
     from npu_retu.trainer.rl import rl_step_flops
 
-    shape = ModelShape.from_hf_config(AutoConfig.from_pretrained(str(resolve_path(cfg.model.path))))
+    shape = ModelShape.from_hf_config(
+        AutoConfig.from_pretrained(str(resolve_path(cfg.model.path)), trust_remote_code=cfg.model.trust_remote_code)
+    )
     rl = cfg.rl
     length = rl.max_prompt_length // 2 + rl.max_response_length // 2
     draws = rl.algo.max_draws if rl.algo.dynamic_sampling else 1

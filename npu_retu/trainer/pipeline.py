@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from npu_retu.config import Config, dump_config
+from npu_retu.config import Config
 from npu_retu.errors import UserError
+from npu_retu.trainer.run_folder import check_resume_config, open_run_folder, record_config
 from npu_retu.report.metrics import write_json_atomic
 
 
@@ -38,9 +39,7 @@ class PipelineResult:
 
 
 def run_pipeline(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> PipelineResult:
-    from npu_retu.trainer.rl import train_rl
-    from npu_retu.trainer.sft import prepare_run_dir, train_sft
-
+    """Run both stages in the run folder (locked for the whole pipeline); ``resume`` continues them."""
     if cfg.cluster.launcher != "local":
         raise UserError(
             "the pipeline runs in one process; on a cluster run its stages as `npu-retu sft` and then "
@@ -48,8 +47,18 @@ def run_pipeline(cfg: Config, *, resume: bool = False, overwrite: bool = False, 
         )
 
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    root = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
-    dump_config(cfg, root / "config.yaml")
+    with open_run_folder(cfg.run.output_dir, cfg.run.name, resume=resume, overwrite=overwrite) as folder:
+        return _run_pipeline(cfg, folder.path, resume=resume, quiet=quiet, say=say)
+
+
+def _run_pipeline(cfg: Config, root: Path, *, resume: bool, quiet: bool, say) -> PipelineResult:
+    from npu_retu.trainer.rl import train_rl
+    from npu_retu.trainer.sft import train_sft
+
+    # the stages check their own configs on resume; this names the pipeline's config.yaml first
+    started = resume and any((root / stage / "checkpoints").is_dir() for stage in ("sft", "rl"))
+    changes = check_resume_config(cfg, root, say=say) if started else {}
+    record_config(cfg, root, changes)
 
     # 1. SFT with the phase monitor
     sft_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(root), name="sft"))

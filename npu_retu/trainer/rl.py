@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from npu_retu.config import Config, dump_config
+from npu_retu.config import Config
 from npu_retu.errors import UserError
+from npu_retu.trainer.run_folder import check_resume_config, open_run_folder, record_config
 
 
 @dataclass
@@ -132,10 +133,27 @@ def train_rl(
 
     ``reward`` replaces the configured reward (``rl.reward``) with any object that has
     ``score(list of (response, ground truths)) -> list[float]``, ``stats()`` and ``close()``.
+    The run folder is locked for the whole run, as for SFT.
     """
+    from npu_retu.device import get_backend, set_backend
+    from npu_retu.distributed import process_group as pg
+
+    check_rl_scale(cfg)
+    if cfg.run.device != "auto":
+        set_backend(cfg.run.device)
+    backend = get_backend()
+    ranks = pg.init_process_group(backend, cfg.cluster.timeout_s)
+    say = (lambda *a: None) if quiet or not ranks.is_main else (lambda *a: print(*a, flush=True))
+    folder = open_run_folder(cfg.run.output_dir, cfg.run.name, resume=resume, overwrite=overwrite, is_main=ranks.is_main)
+    try:
+        return _train_rl(cfg, folder.path, ranks, backend, say, resume=resume, reward=reward, save_checkpoints=save_checkpoints)
+    finally:
+        folder.release()
+
+
+def _train_rl(cfg: Config, run_dir: Path, ranks, backend, say, *, resume: bool, reward: Any, save_checkpoints: bool) -> RLResult:
     from npu_retu.algos import fill_batch
     from npu_retu.data.errors import BadRowCounter
-    from npu_retu.device import get_backend, set_backend
     from npu_retu.distributed import process_group as pg
     from npu_retu.engine import build_engine
     from npu_retu.flops import ModelShape
@@ -144,30 +162,28 @@ def train_rl(
     from npu_retu.reward import make_reward
     from npu_retu.rollout import SamplingParams, TransformersRollout
     from npu_retu.trainer import checkpoint as ckpt
-    from npu_retu.trainer.sft import prepare_run_dir
 
     rl, algo = cfg.rl, cfg.rl.algo
-    check_rl_scale(cfg)
-    if cfg.run.device != "auto":
-        set_backend(cfg.run.device)
-    backend = get_backend()
-    ranks = pg.init_process_group(backend, cfg.cluster.timeout_s)
-    say = (lambda *a: None) if quiet or not ranks.is_main else (lambda *a: print(*a, flush=True))
-    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite, is_main=ranks.is_main)
+    pg.barrier()  # rank 0 has prepared the folder
+    resume_from = ckpt.latest_checkpoint(run_dir) if resume else None
+    changes = check_resume_config(cfg, run_dir, say=say) if resume_from is not None else {}
+    pg.barrier()  # every rank has read the saved config before rank 0 replaces it
     if ranks.is_main:
-        dump_config(cfg, run_dir / "config.yaml")
+        record_config(cfg, run_dir, changes, at=resume_from.name if resume_from else None)
     pg.barrier()
     backend.manual_seed(cfg.run.seed)
 
-    resume_from = ckpt.latest_checkpoint(run_dir) if resume else None
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
-    model = load_model(str(resume_from) if resume_from else cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation)
+    trust = cfg.model.trust_remote_code
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path, trust_remote_code=trust)
+    model = load_model(str(resume_from) if resume_from else cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation,
+                       trust_remote_code=trust)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
 
     reference_model = None
     if algo.kl_coef > 0:  # the starting policy, frozen (never the resumed weights)
-        reference_model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation).to(backend.device()).eval()
+        reference_model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation, trust_remote_code=trust)
+        reference_model = reference_model.to(backend.device()).eval()
         reference_model.requires_grad_(False)
 
     counter = BadRowCounter()
@@ -340,6 +356,8 @@ def train_rl(
 
     if counter.skipped:
         say(counter.summary())
+        if ranks.is_main:
+            say(f"rl: every skipped row is listed in {counter.write(run_dir / 'skipped_rows.jsonl')}")
     if ranks.is_main:
         write_json_atomic(run_dir / "evals.json", evals)
     pg.barrier()
@@ -609,7 +627,7 @@ def load_rl_prompts(files: list[str], tokenizer, max_prompt_length: int, skip_ba
         if len(ids) > max_prompt_length:
             message = f"prompt has {len(ids)} tokens, more than rl.max_prompt_length={max_prompt_length}"
             if skip_bad_rows:
-                counter.skip(ex.source, message)
+                counter.skip(ex.source, "prompt longer than rl.max_prompt_length", field="prompt", message=message)
                 continue
             raise DataError(f"{ex.source}: field 'prompt': {message}")
         prompts.append(ids)

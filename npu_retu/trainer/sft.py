@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from npu_retu.config import Config, dump_config
+from npu_retu.config import Config
 from npu_retu.errors import UserError
+from npu_retu.trainer.run_folder import check_resume_config, open_run_folder, record_config
 
 
 @dataclass
@@ -41,20 +42,6 @@ class SFTResult:
     first_decision: Any = None  # the online monitor's first switch / rollback decision
     skipped_rows: int = 0
     metrics: list[dict[str, Any]] = field(default_factory=list)
-
-
-def prepare_run_dir(cfg: Config, *, resume: bool, overwrite: bool, is_main: bool = True) -> Path:
-    import shutil
-
-    run_dir = Path(cfg.run.output_dir) / cfg.run.name
-    if not is_main:  # rank 0 prepares the folder; the others wait for it at a barrier
-        return run_dir
-    if run_dir.exists() and not resume:
-        if not overwrite and any(run_dir.iterdir()):
-            raise UserError(f"run folder {run_dir} already exists; pass --resume to continue it or --overwrite to start again")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 def load_sft_data(cfg: Config, tokenizer, counter):
@@ -71,7 +58,7 @@ def load_sft_data(cfg: Config, tokenizer, counter):
         for ex in examples:
             tok = tokenize_sft(ex, tokenizer, cfg.data.max_length, too_long=too_long)
             if tok is None:
-                counter.skip(ex.source, "longer than data.max_length")
+                counter.skip(ex.source, "longer than data.max_length", field="messages")
                 continue
             out.append(tok)
         return out
@@ -95,17 +82,13 @@ def total_steps(cfg: Config, n_train: int) -> int:
 
 
 def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False, _crash_hook=None) -> SFTResult:
-    """Run SFT as configured; returns where the run went and what the monitor picked."""
-    from npu_retu.data.batching import SFTBatcher, pad_batch
-    from npu_retu.data.errors import BadRowCounter
+    """Run SFT as configured; returns where the run went and what the monitor picked.
+
+    The run folder is locked for the whole run (npu_retu.trainer.run_folder): a second process on
+    the same folder is refused, and ``resume`` with a changed config is checked key by key.
+    """
     from npu_retu.device import get_backend, set_backend
     from npu_retu.distributed import process_group as pg
-    from npu_retu.engine import build_engine
-    from npu_retu.flops import ModelShape, mfu, tokens_flops
-    from npu_retu.modeling import load_model, load_tokenizer
-    from npu_retu.monitor.online import PhaseMonitor
-    from npu_retu.report.metrics import MetricsLogger, NullLogger
-    from npu_retu.trainer import checkpoint as ckpt
 
     if cfg.run.device != "auto":
         set_backend(cfg.run.device)
@@ -118,17 +101,40 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
             f"sft.global_batch_size ({cfg.sft.global_batch_size}) must be a multiple of sft.micro_batch_size x ranks "
             f"({cfg.sft.micro_batch_size} x {ranks.world_size}) so that every rank trains on the same number of micro-batches"
         )
-    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite, is_main=ranks.is_main)
+    folder = open_run_folder(cfg.run.output_dir, cfg.run.name, resume=resume, overwrite=overwrite, is_main=ranks.is_main)
+    try:
+        return _train_sft(cfg, folder.path, ranks, backend, say, resume=resume, quiet=quiet, crash_hook=_crash_hook)
+    finally:
+        folder.release()
+
+
+def _train_sft(cfg: Config, run_dir: Path, ranks, backend, say, *, resume: bool, quiet: bool, crash_hook) -> SFTResult:
+    from npu_retu.data.batching import SFTBatcher, pad_batch
+    from npu_retu.data.errors import BadRowCounter
+    from npu_retu.distributed import process_group as pg
+    from npu_retu.engine import build_engine
+    from npu_retu.flops import ModelShape, mfu, tokens_flops
+    from npu_retu.modeling import load_model, load_tokenizer
+    from npu_retu.monitor.online import PhaseMonitor
+    from npu_retu.report.metrics import MetricsLogger, NullLogger
+    from npu_retu.trainer import checkpoint as ckpt
+
+    accum = cfg.sft.global_batch_size // cfg.sft.micro_batch_size
+    pg.barrier()  # rank 0 has prepared the folder
+    resume_from = ckpt.latest_checkpoint(run_dir) if resume else None
+    changes = check_resume_config(cfg, run_dir, say=say) if resume_from is not None else {}
+    pg.barrier()  # every rank has read the saved config before rank 0 replaces it
     if ranks.is_main:
-        dump_config(cfg, run_dir / "config.yaml")
+        record_config(cfg, run_dir, changes, at=resume_from.name if resume_from else None)
     pg.barrier()
     backend.manual_seed(cfg.run.seed)
 
-    resume_from = ckpt.latest_checkpoint(run_dir) if resume else None
     if resume and resume_from is None:
         say(f"sft: no complete checkpoint in {run_dir}; starting from the beginning")
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
-    model = load_model(str(resume_from) if resume_from else cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation)
+    trust = cfg.model.trust_remote_code
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path, trust_remote_code=trust)
+    model = load_model(str(resume_from) if resume_from else cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation,
+                       trust_remote_code=trust)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
 
@@ -240,7 +246,7 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
                     "rng": backend.rng_state(),
                     "config": cfg.to_dict(),
                 }
-                hook = (lambda s=step: _crash_hook(s)) if _crash_hook else _fault_injection_hook(step)
+                hook = (lambda s=step: crash_hook(s)) if crash_hook else _fault_injection_hook(step)
                 ckpt.save_checkpoint(
                     run_dir, step, lambda d: engine.save_pretrained(d, tokenizer, is_main=ranks.is_main), state,
                     write_engine_files=engine.save_engine_files, ranks=ranks, _after_model_hook=hook,
@@ -258,6 +264,8 @@ def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, qui
         say(stop_reason)
     if counter.skipped:
         say(counter.summary())
+        if ranks.is_main:
+            say(f"sft: every skipped row is listed in {counter.write(run_dir / 'skipped_rows.jsonl')}")
     pg.barrier()
     if not ranks.is_main:  # rank 0 labels the curve and writes phases.json
         return SFTResult(run_dir=run_dir, steps=step, flops=flops, picked_step=None, picked_checkpoint=None, skipped_rows=counter.skipped)

@@ -16,3 +16,8 @@ def config_path(name: str) -> Path:
             raise UserError(f"config file not found: {name}" + (" (it is a folder)" if Path(name).is_dir() else ""))
         raise UserError(f"config file not found: {name}, and no shipped config has that name; shipped: {', '.join(names)}")
     return candidate
+
+
+def resolve_config_path(name: str) -> Path:
+    """What ``--config NAME`` means: an existing file as given, else a shipped config by name."""
+    return Path(name) if Path(name).is_file() else config_path(name)

@@ -87,24 +87,23 @@ def fused_linear_logprobs(hidden, weight, targets, *, temperature: float = 1.0, 
     return linear_logprobs(get_tiles(impl, **tile_sizes), hidden, weight, targets, temperature=temperature, return_entropy=return_entropy)
 
 
-def clipped_policy_loss(logprobs, old_logprobs, advantages, mask, *, eps_low: float = 0.2, eps_high: float = 0.28,
-                        clip_ratio_c: float | None = 10.0, agg: str = "token-mean", global_token_count=None,
+def clipped_policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low: float = 0.2, clip_high: float = 0.28,
+                        dual_clip: float | None = 10.0, agg: str = "token-mean", global_token_count=None,
                         global_seq_count=None, log_ratio_clamp: float = 20.0, impl: str | None = None,
                         **tile_sizes: Any):
-    """``(loss, metrics)`` of the clipped policy loss with forward and backward fused; the semantics
-    of ``npu_retu.algos.clipped_policy_loss`` (``eps_low``, ``eps_high``, ``clip_ratio_c`` = its
-    ``clip_low``, ``clip_high``, ``dual_clip``)."""
+    """``(loss, metrics)`` of the clipped policy loss with forward and backward fused; the arguments
+    and semantics of ``npu_retu.algos.clipped_policy_loss``."""
     from npu_retu.kernels.fused import policy_loss
 
     return policy_loss(
-        get_tiles(impl, **tile_sizes), logprobs, old_logprobs, advantages, mask, eps_low=eps_low, eps_high=eps_high,
-        clip_ratio_c=clip_ratio_c, agg=agg, global_token_count=global_token_count, global_seq_count=global_seq_count,
+        get_tiles(impl, **tile_sizes), logprobs, old_logprobs, advantages, mask, clip_low=clip_low, clip_high=clip_high,
+        dual_clip=dual_clip, agg=agg, global_token_count=global_token_count, global_seq_count=global_seq_count,
         log_ratio_clamp=log_ratio_clamp,
     )
 
 
 def fused_linear_policy_loss(hidden, weight, targets, old_logprobs, advantages, mask, *, temperature: float = 1.0,
-                             eps_low: float = 0.2, eps_high: float = 0.28, clip_ratio_c: float | None = 10.0,
+                             clip_low: float = 0.2, clip_high: float = 0.28, dual_clip: float | None = 10.0,
                              agg: str = "token-mean", global_token_count=None, global_seq_count=None,
                              log_ratio_clamp: float = 20.0, return_entropy: bool = False, impl: str | None = None,
                              **tile_sizes: Any):
@@ -115,6 +114,6 @@ def fused_linear_policy_loss(hidden, weight, targets, old_logprobs, advantages, 
 
     return linear_policy_loss(
         get_tiles(impl, **tile_sizes), hidden, weight, targets, old_logprobs, advantages, mask, temperature=temperature,
-        eps_low=eps_low, eps_high=eps_high, clip_ratio_c=clip_ratio_c, agg=agg, global_token_count=global_token_count,
+        clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, agg=agg, global_token_count=global_token_count,
         global_seq_count=global_seq_count, log_ratio_clamp=log_ratio_clamp, return_entropy=return_entropy,
     )

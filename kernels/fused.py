@@ -111,9 +111,9 @@ def policy_loss(
     advantages: Tensor,
     mask: Tensor,
     *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
-    clip_ratio_c: float | None = 10.0,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    dual_clip: float | None = 10.0,
     agg: str = "token-mean",
     global_token_count: int | float | Tensor | None = None,
     global_seq_count: int | float | Tensor | None = None,
@@ -121,16 +121,15 @@ def policy_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """The clipped policy loss (Eq. 3 with DAPO's clip-higher and dual-clip) and its metrics, forward
     and backward in one pass over the tokens. Same arguments and results as
-    ``npu_retu.algos.clipped_policy_loss`` (``eps_low`` / ``eps_high`` / ``clip_ratio_c`` are its
-    ``clip_low`` / ``clip_high`` / ``dual_clip``)."""
+    ``npu_retu.algos.clipped_policy_loss``."""
     old, adv, weights = prepare_loss_inputs(
-        logprobs, old_logprobs, advantages, mask, agg, global_token_count, global_seq_count, eps_low, eps_high, clip_ratio_c
+        logprobs, old_logprobs, advantages, mask, agg, global_token_count, global_seq_count, clip_low, clip_high, dual_clip
     )
     with torch.no_grad():
         grad, sums = tiles.loss_terms(
             logprobs.detach().reshape(-1).float().contiguous(), old.reshape(-1).contiguous(), adv.reshape(-1).contiguous(),
             weights.reshape(-1).contiguous(), mask.reshape(-1).bool().contiguous(),
-            eps_low=eps_low, eps_high=eps_high, clip_ratio_c=clip_ratio_c, log_ratio_clamp=log_ratio_clamp,
+            clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, log_ratio_clamp=log_ratio_clamp,
         )
     loss = attach_grads(sums[0].float(), [logprobs], [grad.view(logprobs.shape)])
     return loss, metrics_from_sums(sums)
@@ -146,9 +145,9 @@ def linear_policy_loss(
     mask: Tensor,
     *,
     temperature: float = 1.0,
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
-    clip_ratio_c: float | None = 10.0,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    dual_clip: float | None = 10.0,
     agg: str = "token-mean",
     global_token_count: int | float | Tensor | None = None,
     global_seq_count: int | float | Tensor | None = None,
@@ -165,7 +164,7 @@ def linear_policy_loss(
     """
     check_linear_inputs(hidden, weight, targets, temperature)
     old, adv, weights = prepare_loss_inputs(
-        targets, old_logprobs, advantages, mask, agg, global_token_count, global_seq_count, eps_low, eps_high, clip_ratio_c
+        targets, old_logprobs, advantages, mask, agg, global_token_count, global_seq_count, clip_low, clip_high, dual_clip
     )
     selected = mask.reshape(-1).bool()
     h = hidden.reshape(-1, hidden.shape[-1])[selected]  # indexing keeps the graph back to `hidden`
@@ -174,7 +173,7 @@ def linear_policy_loss(
     ones = torch.ones_like(y, dtype=torch.bool)
     need_h = torch.is_grad_enabled() and h.requires_grad
     need_w = torch.is_grad_enabled() and weight.requires_grad
-    settings = dict(eps_low=eps_low, eps_high=eps_high, clip_ratio_c=clip_ratio_c, log_ratio_clamp=log_ratio_clamp)
+    settings = dict(clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, log_ratio_clamp=log_ratio_clamp)
     with torch.no_grad():
         hc, wc = h.detach().contiguous(), weight.detach().contiguous()
         grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device) if need_h else None

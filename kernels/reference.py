@@ -27,6 +27,8 @@ from torch import Tensor
 
 DEFAULT_TOKEN_CHUNK = 1024
 DEFAULT_VOCAB_TILE = 8192
+# the policy loss's aggregations (npu_retu.algos.agg_loss takes the same, from here)
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 
 
 def plain_linear_logprobs(
@@ -150,8 +152,6 @@ def token_weights(
         if agg == "seq-mean-token-mean":
             w = w / tokens.clamp(min=1).float()
         return w
-    from npu_retu.algos.policy_loss import LOSS_AGG_MODES
-
     raise ValueError(f"unknown loss aggregation {agg!r}; choose one of {', '.join(LOSS_AGG_MODES)}")
 
 
@@ -160,11 +160,11 @@ def _at_least_one(count: int | float | Tensor, like: Tensor) -> Tensor:
     return torch.where(c > 0, c, torch.ones_like(c))
 
 
-def check_loss_settings(eps_low: float, eps_high: float, clip_ratio_c: float | None) -> None:
-    if clip_ratio_c is not None and clip_ratio_c <= 1.0:
-        raise ValueError(f"clip_ratio_c (dual clip) must be > 1 (or None), got {clip_ratio_c}")
-    if not (0.0 <= eps_low < 1.0) or eps_high < 0.0:
-        raise ValueError(f"need 0 <= eps_low < 1 and eps_high >= 0, got {eps_low}, {eps_high}")
+def check_loss_settings(clip_low: float, clip_high: float, dual_clip: float | None) -> None:
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}")
+    if not (0.0 <= clip_low < 1.0) or clip_high < 0.0:
+        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
 
 
 def policy_loss_terms(
@@ -172,9 +172,9 @@ def policy_loss_terms(
     old_logp: Tensor,
     advantages: Tensor,
     *,
-    eps_low: float,
-    eps_high: float,
-    clip_ratio_c: float | None,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float | None,
     log_ratio_clamp: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per token: the clipped loss ``pg`` (Eq. 3 negated, with DAPO's asymmetric clip and dual-clip),
@@ -189,11 +189,11 @@ def policy_loss_terms(
     log_ratio = raw.clamp(-log_ratio_clamp, log_ratio_clamp)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     pg = torch.maximum(unclipped, clipped)
     passes = (unclipped >= clipped) & (raw.abs() <= log_ratio_clamp)
-    if clip_ratio_c is not None:
-        cap = -advantages * clip_ratio_c
+    if dual_clip is not None:
+        cap = -advantages * dual_clip
         capped = (advantages < 0) & (pg > cap)
         pg = torch.where(advantages < 0, torch.minimum(pg, cap), pg)
         passes = passes & ~capped
@@ -206,7 +206,7 @@ LOSS_SUM_FIELDS = ("loss", "tokens", "clip_upper", "clip_lower", "dual_clip", "r
 
 def loss_sums(
     pg: Tensor, ratio: Tensor, log_ratio: Tensor, advantages: Tensor, weights: Tensor, mask: Tensor,
-    *, eps_low: float, eps_high: float, clip_ratio_c: float | None,
+    *, clip_low: float, clip_high: float, dual_clip: float | None,
 ) -> Tensor:
     """The sums behind the loss and its metrics, in the order of ``LOSS_SUM_FIELDS`` (fp64)."""
     m = mask.bool()
@@ -219,9 +219,9 @@ def loss_sums(
     return torch.stack([
         torch.where(m, weights.double() * pg.double(), zero).sum(),
         m.sum().double(),
-        count((a > 0) & (r > 1.0 + eps_high)),
-        count((a < 0) & (r < 1.0 - eps_low)),
-        count((a < 0) & (r > clip_ratio_c)) if clip_ratio_c is not None else zero,
+        count((a > 0) & (r > 1.0 + clip_high)),
+        count((a < 0) & (r < 1.0 - clip_low)),
+        count((a < 0) & (r > dual_clip)) if dual_clip is not None else zero,
         torch.where(m, r, zero).sum(),
         torch.where(m, r - 1.0 - lr, zero).sum(),
     ])
@@ -247,10 +247,10 @@ def metrics_from_sums(sums: Tensor) -> dict[str, float]:
 
 
 def prepare_loss_inputs(
-    logprobs, old_logprobs, advantages, mask, agg, global_token_count, global_seq_count, eps_low, eps_high, clip_ratio_c
+    logprobs, old_logprobs, advantages, mask, agg, global_token_count, global_seq_count, clip_low, clip_high, dual_clip
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Checks shapes and settings; returns ``(old_logprobs, per-token advantages, token weights)``."""
-    check_loss_settings(eps_low, eps_high, clip_ratio_c)
+    check_loss_settings(clip_low, clip_high, dual_clip)
     if logprobs.shape != old_logprobs.shape or logprobs.shape != mask.shape:
         raise ValueError(
             f"logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)} and mask {tuple(mask.shape)} must match"
@@ -297,12 +297,12 @@ class TorchTiles:
         """dW accumulates in fp32, one tile at a time."""
         return torch.float32
 
-    def loss_terms(self, logp, old_logp, advantages, weights, mask, *, eps_low, eps_high, clip_ratio_c, log_ratio_clamp):
+    def loss_terms(self, logp, old_logp, advantages, weights, mask, *, clip_low, clip_high, dual_clip, log_ratio_clamp):
         """``(weighted gradient w.r.t. logp, sums in LOSS_SUM_FIELDS order)`` for 1-D token arrays."""
         pg, grad, ratio, log_ratio = policy_loss_terms(
             logp, old_logp, advantages,
-            eps_low=eps_low, eps_high=eps_high, clip_ratio_c=clip_ratio_c, log_ratio_clamp=log_ratio_clamp,
+            clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, log_ratio_clamp=log_ratio_clamp,
         )
-        sums = loss_sums(pg, ratio, log_ratio, advantages, weights, mask, eps_low=eps_low, eps_high=eps_high, clip_ratio_c=clip_ratio_c)
+        sums = loss_sums(pg, ratio, log_ratio, advantages, weights, mask, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip)
         m = mask.bool()
         return torch.where(m, weights * grad, torch.zeros_like(grad)), sums

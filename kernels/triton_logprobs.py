@@ -188,10 +188,10 @@ class TritonTiles:
         """dW accumulates in the weight's dtype, in place by ``addmm`` (no ``[V, H]`` fp32 copy)."""
         return weight.dtype
 
-    def loss_terms(self, logp, old_logp, advantages, weights, mask, *, eps_low, eps_high, clip_ratio_c, log_ratio_clamp):
+    def loss_terms(self, logp, old_logp, advantages, weights, mask, *, clip_low, clip_high, dual_clip, log_ratio_clamp):
         from npu_retu.kernels.triton_policy_loss import policy_loss_terms
 
         return policy_loss_terms(
-            logp, old_logp, advantages, weights, mask, eps_low=eps_low, eps_high=eps_high, clip_ratio_c=clip_ratio_c,
+            logp, old_logp, advantages, weights, mask, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip,
             log_ratio_clamp=log_ratio_clamp, max_programs=self.max_programs,
         )

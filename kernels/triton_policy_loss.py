@@ -12,7 +12,11 @@ from __future__ import annotations
 import torch
 
 from npu_retu.kernels.reference import LOSS_SUM_FIELDS
-from npu_retu.kernels.triton_logprobs import triton
+
+try:  # optional, as in triton_logprobs (whose tiles call this module's kernel)
+    import triton
+except ImportError:
+    triton = None
 
 DEFAULT_BLOCK = 1024
 
@@ -22,7 +26,7 @@ if triton is not None:
     @triton.jit
     def _policy_loss_kernel(
         logp_ptr, old_ptr, adv_ptr, weight_ptr, mask_ptr, grad_ptr, partial_ptr, n,
-        eps_low, eps_high, clip_ratio_c, log_ratio_clamp,
+        clip_low, clip_high, dual_clip, log_ratio_clamp,
         DUAL_CLIP: tl.constexpr, N_SUMS: tl.constexpr, BLOCK: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -46,20 +50,20 @@ if triton is not None:
             log_ratio = tl.minimum(tl.maximum(raw, -log_ratio_clamp), log_ratio_clamp)
             ratio = tl.exp(log_ratio)
             unclipped = -adv * ratio
-            clipped = -adv * tl.minimum(tl.maximum(ratio, 1.0 - eps_low), 1.0 + eps_high)
+            clipped = -adv * tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
             pg = tl.maximum(unclipped, clipped)
             passes = (unclipped >= clipped) & (tl.abs(raw) <= log_ratio_clamp)
             if DUAL_CLIP:
-                cap = -adv * clip_ratio_c
+                cap = -adv * dual_clip
                 negative = adv < 0
                 passes = passes & ((~negative) | (pg <= cap))
                 pg = tl.where(negative, tl.minimum(pg, cap), pg)
-                dual_acc += tl.where(on & negative & (ratio > clip_ratio_c), 1.0, 0.0)
+                dual_acc += tl.where(on & negative & (ratio > dual_clip), 1.0, 0.0)
             tl.store(grad_ptr + offs, tl.where(on & passes, -adv * ratio * w, 0.0), mask=valid)
             loss_acc += tl.where(on, w * pg, 0.0)
             tokens_acc += tl.where(on, 1.0, 0.0)
-            upper_acc += tl.where(on & (adv > 0) & (ratio > 1.0 + eps_high), 1.0, 0.0)
-            lower_acc += tl.where(on & (adv < 0) & (ratio < 1.0 - eps_low), 1.0, 0.0)
+            upper_acc += tl.where(on & (adv > 0) & (ratio > 1.0 + clip_high), 1.0, 0.0)
+            lower_acc += tl.where(on & (adv < 0) & (ratio < 1.0 - clip_low), 1.0, 0.0)
             ratio_acc += tl.where(on, ratio, 0.0)
             kl_acc += tl.where(on, ratio - 1.0 - log_ratio, 0.0)
         row = partial_ptr + pid * N_SUMS
@@ -74,7 +78,7 @@ if triton is not None:
 
 def policy_loss_terms(
     logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,
-    *, eps_low: float, eps_high: float, clip_ratio_c: float | None, log_ratio_clamp: float,
+    *, clip_low: float, clip_high: float, dual_clip: float | None, log_ratio_clamp: float,
     max_programs: int | None = None, block: int = DEFAULT_BLOCK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(weighted d loss / d logp, sums in LOSS_SUM_FIELDS order as fp64)`` for 1-D fp32 token arrays."""
@@ -85,7 +89,7 @@ def policy_loss_terms(
     _policy_loss_kernel[(programs,)](
         logp.float().contiguous(), old_logp.float().contiguous(), advantages.float().contiguous(), weights.float().contiguous(),
         mask.to(torch.uint8).contiguous(), grad, partial, n,
-        float(eps_low), float(eps_high), float(clip_ratio_c or 0.0), float(log_ratio_clamp),
-        DUAL_CLIP=clip_ratio_c is not None, N_SUMS=len(LOSS_SUM_FIELDS), BLOCK=block,
+        float(clip_low), float(clip_high), float(dual_clip or 0.0), float(log_ratio_clamp),
+        DUAL_CLIP=dual_clip is not None, N_SUMS=len(LOSS_SUM_FIELDS), BLOCK=block,
     )
     return grad, partial.double().sum(dim=0)

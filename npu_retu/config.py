@@ -209,12 +209,13 @@ class AlgoConfig:
     The defaults are DAPO_dc as RETU ran it (Appendix B.2.2)."""
 
     n: int = 8  # rollouts per prompt (the group size G of Eq. 2)
+    loss: str = "clipped"  # an RL loss in npu_retu.algos.LOSSES: clipped (Eq. 3, with the clip settings below)
     adv_estimator: str = "grpo"  # a name in npu_retu.algos.ADVANTAGE_ESTIMATORS: grpo (Eq. 2) | grpo_no_std
     # Divide by the group std (Eq. 2)? null: the estimator's own choice (grpo yes, grpo_no_std no).
     normalize_std: bool | None = None
     loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = "token-mean"
-    clip_low: float = 0.2  # epsilon_low
-    clip_high: float = 0.28  # epsilon_high; 0.28 = DAPO clip-higher, 0.2 = symmetric (GRPO, DAPO_d)
+    clip_low: float = 0.2  # epsilon_low (TRL: epsilon)
+    clip_high: float = 0.28  # epsilon_high (TRL: epsilon_high); 0.28 = DAPO clip-higher, 0.2 = symmetric (GRPO, DAPO_d)
     dual_clip: float | None = 10.0  # cap on the loss of A < 0 tokens, in units of |A|; null: off
     log_ratio_clamp: float = 20.0  # |logp - old_logp| clamp before exp (an overflow guard only)
     kl_coef: float = 0.0  # KL to the reference (starting) policy; 0 = off and no reference model (RETU)
@@ -224,8 +225,10 @@ class AlgoConfig:
     max_draws: int = 10  # generation batches per step at most, with dynamic sampling
 
     def validate(self) -> None:
-        from npu_retu.algos.advantages import ADVANTAGE_ESTIMATORS
+        from npu_retu.algos import ADVANTAGE_ESTIMATORS
+        from npu_retu.algos.losses import loss_names
 
+        _check(self.loss in loss_names("rl"), "rl.algo.loss", f"one of {', '.join(loss_names('rl'))}", self.loss)
         _check(self.adv_estimator in ADVANTAGE_ESTIMATORS, "rl.algo.adv_estimator", f"one of {', '.join(sorted(ADVANTAGE_ESTIMATORS))}", self.adv_estimator)
         _check(
             not (self.adv_estimator == "grpo_no_std" and self.normalize_std is True),

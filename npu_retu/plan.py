@@ -11,17 +11,22 @@ Three questions a user has before booking a cluster, answered from the config al
 * **How long?** FLOPs / (devices x chip peak x MFU), with MFU an assumption the user replaces with
   a measured value.
 
-Everything is a pure function of numbers; ``npu_retu.commands.plan`` reads the config and prints.
+The arithmetic is pure functions of numbers; :func:`build_plan` reads a config and the model's
+shape and applies it for ``npu-retu plan``, whose text is :mod:`npu_retu.report.plan_text`.
 Bytes are bytes; the CLI prints GiB (2**30).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+from npu_retu import flops as fl
 from npu_retu.errors import UserError
 from npu_retu.flops import ModelShape
+from npu_retu.model_presets import MODEL_PRESETS, find_preset, preset_names
 
 # ----------------------------------------------------------------------------------------------
 # Model: the shape Appendix C needs, plus what an exact parameter count needs
@@ -307,7 +312,7 @@ def activation_bytes(
 
 
 # Full-vocabulary logits of the loss, in bytes per (token x vocabulary entry):
-# npu_retu.engine.local.next_token_loss_sum holds the model's bf16 logits (2), their fp32 copy (4)
+# npu_retu.algos.sft_loss.NextTokenNLL (unfused) holds the model's bf16 logits (2), their fp32 copy (4)
 # and cross-entropy's saved fp32 log-softmax (4) at the end of the forward pass.
 LOGITS_BYTES_PER_ENTRY = 10
 
@@ -521,3 +526,359 @@ def memory_rows(
             "fits": None if usable is None else peak <= usable,
         })
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan of a config: what ``npu-retu plan`` asks and everything it prints
+# ----------------------------------------------------------------------------------------------
+
+DEFAULT_MFU = 0.4
+DEFAULT_HEADROOM = 0.1
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """The question ``npu-retu plan`` asks; the fields are its options (errors name them as flags)."""
+
+    config: str  # a YAML path or a shipped config's name
+    nodes: int
+    devices_per_node: int
+    chip: str  # a name npu_retu.device.chips knows (Ascend910B2, H100-SXM, ...)
+    overrides: tuple[str, ...] | list[str] = ()
+    phase: str = "sft"  # "sft" (Eq. 21) or "rl" (Eq. 22 / 23)
+    mfu: float = DEFAULT_MFU
+    headroom: float = DEFAULT_HEADROOM
+    model: str | None = None  # a preset or a model folder; default: from model.path
+    mean_len: float | None = None  # SFT: mean prompt+response tokens
+    dataset: str | None = None  # SFT: one of RETU's datasets (fl.RETU_SFT_DATASETS)
+    rows: int | None = None  # SFT: training examples
+    seq_len: float | None = None  # RL: mean prompt+response tokens of a rollout
+    rounds: float | None = None  # RL: generation rounds per step (dynamic sampling)
+
+
+def _check_request(request: PlanRequest) -> None:
+    from npu_retu.device.chips import CHIP_PEAK_FLOPS, chip_key
+
+    if request.nodes < 1:
+        raise UserError(f"--nodes must be >= 1, got {request.nodes}")
+    if request.devices_per_node < 1:
+        raise UserError(f"--devices-per-node must be >= 1, got {request.devices_per_node}")
+    if chip_key(request.chip) is None:
+        raise UserError(f"--chip {request.chip!r} is not a known chip; known chips: {', '.join(CHIP_PEAK_FLOPS)}")
+    if not 0 < request.mfu <= 1:
+        raise UserError(f"--mfu must be in (0, 1], got {request.mfu}")
+    if not 0 <= request.headroom < 1:
+        raise UserError(f"--headroom must be in [0, 1), got {request.headroom}")
+    for flag, value in (("--mean-len", request.mean_len), ("--seq-len", request.seq_len)):
+        if value is not None and not value > 0:
+            raise UserError(f"{flag} must be > 0, got {value}")
+    if request.rows is not None and request.rows < 1:
+        raise UserError(f"--rows must be >= 1, got {request.rows}")
+    if request.rounds is not None and not request.rounds >= 1:
+        raise UserError(f"--rounds must be >= 1, got {request.rounds}")
+    if request.phase == "rl" and (request.mean_len is not None or request.dataset or request.rows is not None):
+        raise UserError("--phase rl does not use --mean-len / --dataset / --rows (use --seq-len)")
+    if request.phase == "sft" and (request.seq_len is not None or request.rounds is not None):
+        raise UserError("--phase sft does not use --seq-len / --rounds (use --mean-len or --dataset)")
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]", "", text.lower())
+
+
+def _named_in_path(path: str, names) -> tuple[str, str] | None:
+    """(name, path component) for the last component of ``path`` that starts with one of ``names``
+    (ignoring case, '-' and '_'; the longest name wins), or None."""
+    for component in reversed(Path(path).parts):
+        hits = [name for name in names if _norm(component).startswith(_norm(name))]
+        if hits:
+            return max(hits, key=lambda n: len(_norm(n))), component
+    return None
+
+
+def resolve_model(cfg, model_arg: str | None) -> tuple[ModelSpec, str]:
+    """The model spec and words that say where it came from: --model, model.path's config.json,
+    or the preset a component of model.path names (``/path/to/Qwen2.5-7B``)."""
+
+    def from_folder(path: str) -> ModelSpec:
+        from npu_retu.flops import read_model_config
+
+        return model_spec(*read_model_config(path))
+
+    if model_arg:
+        if Path(model_arg).exists():
+            return from_folder(model_arg), f"--model {model_arg}"
+        preset = find_preset(model_arg)
+        if preset is None:
+            raise UserError(f"--model {model_arg!r} is neither a preset ({', '.join(preset_names())}) nor a model folder")
+        return model_spec(preset), f"preset {model_arg} (--model)"
+    path = cfg.model.path
+    if Path(path).exists() and (Path(path).is_file() or (Path(path) / "config.json").is_file()):
+        return from_folder(path), f"{path}/config.json"
+    named = _named_in_path(path, MODEL_PRESETS)
+    if named is None:
+        raise UserError(
+            f"model.path {path!r} is not a model folder here and names no preset ({', '.join(preset_names())}); "
+            "pass --model PRESET_OR_PATH"
+        )
+    name, component = named
+    return model_spec(MODEL_PRESETS[name]), f"preset {name} (named by model.path component {component!r})"
+
+
+def build_plan(request: PlanRequest) -> dict:
+    """Everything ``npu-retu plan`` prints, as one JSON-ready dict: the model, cluster and engine,
+    the batch, the memory table (every ZeRO stage, plus the local engine when configured), the disk
+    per checkpoint, the compute and wall time per step / checkpoint / phase, and notes."""
+    from npu_retu.config import load_config
+    from npu_retu.configs import resolve_config_path
+    from npu_retu.device.chips import chip_key, memory_bytes_for
+
+    _check_request(request)
+    cfg = load_config(resolve_config_path(request.config), list(request.overrides or []))
+    spec, model_source = resolve_model(cfg, request.model)
+    counts = count_parameters(spec)
+    chip = chip_key(request.chip)
+    devices = request.nodes * request.devices_per_node
+    hbm = memory_bytes_for(chip)
+    precision = "bf16" if cfg.engine.precision == "auto" else cfg.engine.precision
+    peak = fl.peak_flops_for_chip(chip, precision)
+    notes: list[str] = []
+
+    if cfg.cluster.num_workers and cfg.cluster.num_workers != devices:
+        notes.append(f"the config's cluster.num_workers is {cfg.cluster.num_workers}, this plan is for {devices} devices")
+
+    common = {
+        "config": str(request.config),
+        "phase": request.phase,
+        "model": {
+            "source": model_source,
+            "num_layers": spec.shape.num_layers, "hidden_size": spec.shape.hidden_size,
+            "intermediate_size": spec.shape.intermediate_size, "vocab_size": spec.shape.vocab_size,
+            "kv_dim": spec.shape.kv_dim, "num_attention_heads": spec.num_attention_heads,
+            "tie_word_embeddings": spec.tie_word_embeddings,
+            "parameters": counts.total,
+            "parameters_by_part": {"embedding": counts.embedding, "lm_head": counts.lm_head, "attention": counts.attention,
+                                   "mlp": counts.mlp, "norms": counts.norms},
+        },
+        "cluster": {
+            "nodes": request.nodes, "devices_per_node": request.devices_per_node, "devices": devices, "chip": chip,
+            "hbm_bytes": hbm, "peak_flops_per_device": peak, "precision": precision,
+        },
+        "engine": {
+            "name": cfg.engine.name, "zero_stage": cfg.engine.zero_stage if cfg.engine.name == "deepspeed" else None,
+            "precision": precision, "offload_optimizer": cfg.engine.offload_optimizer,
+            "offload_params": cfg.engine.offload_params, "reduce_bucket_size": cfg.engine.reduce_bucket_size,
+            "gradient_checkpointing": cfg.model.gradient_checkpointing,
+            "attn_implementation": cfg.model.attn_implementation,
+        },
+        "mfu": request.mfu,
+        "headroom": request.headroom,
+    }
+    if request.phase == "sft":
+        workload, batch, compute = _sft(cfg, request, spec, devices, peak, notes)
+    else:
+        workload, batch, compute = _rl(cfg, request, spec, devices, peak, notes)
+
+    per_param = STATE_BYTES[precision]
+    rows = memory_rows(
+        spec, workload, dp_size=devices, per_param=per_param, bucket_elements=cfg.engine.reduce_bucket_size,
+        offload_optimizer=cfg.engine.offload_optimizer == "cpu", offload_params=cfg.engine.offload_params == "cpu",
+        hbm_bytes=hbm, headroom=request.headroom,
+    )
+    columns = [{"name": f"ZeRO-{r['stage']}", **r} for r in rows]
+    if cfg.engine.name == "local":
+        (local,) = memory_rows(
+            spec, workload, dp_size=devices, per_param=local_state_bytes(cfg.model.dtype), stages=(0,),
+            hbm_bytes=hbm, headroom=request.headroom, zero_buffers=False,
+        )
+        columns.append({"name": "local", **local})
+        configured = "local"
+    else:
+        configured = f"ZeRO-{cfg.engine.zero_stage}"
+    for column in columns:
+        column["configured"] = column["name"] == configured
+    checkpoint_bytes = _checkpoint_bytes(cfg, counts.total, precision)
+    return {
+        **common,
+        "batch": batch,
+        "workload": {
+            "seq_len": workload.seq_len, "micro_batch": workload.micro_batch,
+            "gradient_checkpointing": workload.gradient_checkpointing, "flash_attention": workload.flash_attention,
+            "padded": workload.padded, "logits_bytes_per_entry": workload.logits_bytes_per_entry,
+            "rollout_sequences": workload.rollout_sequences, "rollout_seq_len": workload.rollout_seq_len,
+            "reference_model": workload.reference_model, "eval_micro_batch": workload.eval_micro_batch,
+        },
+        "memory": columns,
+        "configured": configured,
+        "checkpoint_bytes": checkpoint_bytes,
+        "compute": compute,
+        "notes": notes,
+    }
+
+
+def _flash(cfg) -> bool:
+    # sdpa picks flash / memory-efficient kernels for 16-bit inputs; eager materialises the scores
+    return cfg.model.attn_implementation != "eager"
+
+
+def _checkpoint_bytes(cfg, params: int, precision: str) -> float:
+    """Disk per checkpoint, at least: the HF weights (model.dtype) + the optimizer states."""
+    weights = {"float32": 4, "bfloat16": 2, "float16": 2}[cfg.model.dtype]
+    optimizer = STATE_BYTES[precision].optimizer if cfg.engine.name == "deepspeed" else local_state_bytes(cfg.model.dtype).optimizer
+    return float(params) * (weights + optimizer)
+
+
+def _timing(flops: float, devices: int, peak: float, mfu: float) -> dict:
+    seconds = wall_seconds(flops, devices=devices, peak_flops_per_device=peak, mfu=mfu)
+    return {"flops": flops, "exaflops": flops / fl.EXA, "seconds": seconds}
+
+
+def _sft(cfg, request, spec, devices, peak, notes):
+    sft = cfg.sft
+    per_rank = sft.micro_batch_size * devices
+    accumulation = sft.global_batch_size / per_rank
+    if sft.global_batch_size % per_rank:
+        notes.append(
+            f"sft.global_batch_size {sft.global_batch_size} is not a multiple of micro-batch x devices "
+            f"({sft.micro_batch_size} x {devices}): the SFT trainer refuses this"
+        )
+    batch = {"global_batch": sft.global_batch_size, "micro_batch_per_device": sft.micro_batch_size,
+             "accumulation_steps": accumulation, "max_length": cfg.data.max_length}
+
+    dataset_name, dataset_source = request.dataset, "--dataset"
+    if dataset_name is None and request.mean_len is None:
+        named = next((hit for f in cfg.data.train_files if (hit := _named_in_path(f, fl.RETU_SFT_DATASETS))), None)
+        if named:
+            dataset_name, dataset_source = named[0], f"data.train_files component {named[1]!r}"
+    if request.mean_len is not None:
+        mean_len, length_source = request.mean_len, "--mean-len"
+    elif dataset_name is not None:
+        mean_len = fl.RETU_SFT_DATASETS[dataset_name].mean_seq_len
+        length_source = f"{dataset_name}, from {dataset_source}; RETU's mean in Qwen2.5 tokens"
+    else:
+        raise UserError("SFT FLOPs need the data's mean length: pass --mean-len S or --dataset NAME "
+                        f"({', '.join(fl.RETU_SFT_DATASETS)})")
+    if dataset_name is not None and fl.RETU_SFT_DATASETS[dataset_name].batch_size != sft.global_batch_size:
+        notes.append(f"RETU trained {dataset_name} at batch {fl.RETU_SFT_DATASETS[dataset_name].batch_size}; "
+                     f"this config's is {sft.global_batch_size}")
+
+    if request.rows is not None:
+        rows, rows_source = request.rows, "--rows"
+    elif dataset_name is not None:
+        rows, rows_source = RETU_SFT_ROWS[dataset_name], f"{dataset_name} (paper §5.1 / Appendix E)"
+    else:
+        rows, rows_source = None, None
+    if sft.max_steps > 0:
+        steps, steps_source = sft.max_steps, "sft.max_steps"
+    elif rows is not None:
+        from npu_retu.trainer.sft import total_steps  # the trainer's own count
+
+        steps = total_steps(cfg, rows)
+        steps_source = f"ceil({sft.epochs:g} epochs x {rows:,} rows / {sft.global_batch_size})"
+    else:
+        raise UserError("SFT steps need the row count: pass --rows N (or --dataset NAME, or set sft.max_steps)")
+    if dataset_name == "SFT889K" and request.rows is None and sft.max_steps == 0:
+        notes.append(SFT889K_STEPS_NOTE)
+
+    step_flops = fl.sft_step_flops(spec.shape, sft.global_batch_size, mean_len)
+    interval = sft.save_every
+    compute = {
+        "equation": "Eq. 21: 3 x B x S x F_fwd(S)",
+        "mean_seq_len": mean_len, "mean_seq_len_source": length_source,
+        "rows": rows, "rows_source": rows_source, "steps": steps, "steps_source": steps_source,
+        "checkpoint_every": interval,
+        "cases": [{
+            "label": "",
+            "per_step": _timing(step_flops, devices, peak, request.mfu),
+            "per_checkpoint": _timing(interval * step_flops, devices, peak, request.mfu),
+            "phase": _timing(steps * step_flops, devices, peak, request.mfu),
+        }],
+    }
+    paper = _paper_sft_exaflops(spec, dataset_name)
+    if paper and sft.global_batch_size == fl.RETU_SFT_DATASETS[dataset_name].batch_size and request.mean_len is None:
+        source, by_step = paper
+        shown = {min(by_step), max(by_step), interval} & set(by_step)
+        compute["paper_check"] = [
+            {"step": step, "ours_exaflops": step * step_flops / fl.EXA, "paper_exaflops": by_step[step], "source": source}
+            for step in sorted(shown)
+        ]
+    padded = cfg.model.attn_implementation != "flash_attention_2" and (sft.micro_batch_size > 1 or cfg.data.packing)
+    workload = Workload(
+        seq_len=cfg.data.max_length, micro_batch=sft.micro_batch_size,
+        gradient_checkpointing=cfg.model.gradient_checkpointing, flash_attention=_flash(cfg), padded=padded,
+        activation_bytes=2 if cfg.engine.precision != "fp32" else 4,
+        eval_micro_batch=sft.eval_batch_size if cfg.data.val_files or cfg.data.val_size else 0,
+        logits_bytes_per_entry=LOGITS_BYTES_PER_ENTRY if sft.kernels == "unfused" else 0,
+        padded_eval=cfg.model.attn_implementation != "flash_attention_2" and sft.eval_batch_size > 1,
+    )
+    return workload, batch, compute
+
+
+def _paper_sft_exaflops(spec: ModelSpec, dataset_name: str | None) -> tuple[str, dict[int, float]] | None:
+    """The paper's printed SFT compute for this model (matched by shape) and dataset, if any."""
+    if dataset_name is None:
+        return None
+    if spec.shape == fl.ModelShape.from_hf_config(MODEL_PRESETS["Qwen2.5-7B"]):
+        table = fl.RETU_TABLE4_SFT_EXAFLOPS.get(dataset_name)
+        return ("Table 4", table) if table else None
+    for (preset, dataset), by_step in PAPER_SFT_EXAFLOPS.items():
+        if dataset == dataset_name and spec.shape == fl.ModelShape.from_hf_config(MODEL_PRESETS[preset]):
+            return "§6.3", by_step
+    return None
+
+
+def _rl(cfg, request, spec, devices, peak, notes):
+    rl, algo = cfg.rl, cfg.rl.algo
+    max_len = rl.max_prompt_length + rl.max_response_length
+    sequences_per_mini = rl.mini_batch_prompts * algo.n
+    per_device = sequences_per_mini / devices
+    if sequences_per_mini % devices:
+        notes.append(f"a mini-batch of {rl.mini_batch_prompts} prompts x {algo.n} = {sequences_per_mini} sequences "
+                     f"does not split evenly over {devices} devices")
+    elif per_device < rl.micro_batch_size:
+        notes.append(f"each device gets {per_device:g} sequences per mini-batch, fewer than rl.micro_batch_size "
+                     f"({rl.micro_batch_size}): the micro-batch is really {per_device:g}")
+    micro = int(min(rl.micro_batch_size, max(1, per_device)))
+    generated_per_device = -(-rl.gen_batch_prompts * algo.n // devices)
+    rollout_sequences = min(rl.rollout.batch_size, generated_per_device)
+    batch = {"gen_batch_prompts": rl.gen_batch_prompts, "train_batch_prompts": rl.train_batch_prompts,
+             "mini_batch_prompts": rl.mini_batch_prompts, "group_size": algo.n,
+             "sequences_per_mini_batch": sequences_per_mini, "sequences_per_device_per_mini_batch": per_device,
+             "micro_batch_per_device": micro, "rollout_sequences_per_device": rollout_sequences,
+             "max_prompt_length": rl.max_prompt_length, "max_response_length": rl.max_response_length}
+    notes.append("the rollout engine is transformers generate (rl.rollout.engine): decoding is memory-bound, so "
+                 "the MFU of generation is far below training's; measure it (npu-retu bench rl) and pass --mfu")
+
+    if request.seq_len is not None:
+        seq_len, seq_source = request.seq_len, "--seq-len"
+    else:
+        seq_len, seq_source = float(max_len), "upper bound: rl.max_prompt_length + rl.max_response_length; pass --seq-len"
+    if algo.dynamic_sampling:
+        equation = "Eq. 22: (K x B_gen + 3 x B_train) x G x S x F_fwd(S)"
+        rounds = [request.rounds] if request.rounds is not None else sorted({1.0, float(algo.max_draws)})
+        step_flops = {k: fl.dapo_step_flops(spec.shape, gen_batch=rl.gen_batch_prompts, rounds=k, group_size=algo.n,
+                                            train_batch=rl.train_batch_prompts, seq_len=seq_len) for k in rounds}
+    else:
+        equation = "Eq. 23: 4 x B x G x S x F_fwd(S)"
+        if request.rounds not in (None, 1):
+            raise UserError(f"--rounds {request.rounds:g}: {cfg.rl.algorithm} has no dynamic sampling (one round per step)")
+        step_flops = {1.0: fl.grpo_step_flops(spec.shape, batch=rl.train_batch_prompts, group_size=algo.n, seq_len=seq_len)}
+    interval = rl.save_every
+    compute = {
+        "equation": equation, "mean_seq_len": seq_len, "mean_seq_len_source": seq_source,
+        "steps": rl.max_steps, "steps_source": "rl.max_steps", "checkpoint_every": interval,
+        "cases": [{
+            "label": f"K={k:g}", "rounds": k,
+            "per_step": _timing(f, devices, peak, request.mfu),
+            "per_checkpoint": _timing(interval * f, devices, peak, request.mfu),
+            "phase": _timing(rl.max_steps * f, devices, peak, request.mfu),
+        } for k, f in step_flops.items()],
+    }
+    workload = Workload(
+        seq_len=max_len, micro_batch=micro, gradient_checkpointing=cfg.model.gradient_checkpointing,
+        flash_attention=_flash(cfg), padded=cfg.model.attn_implementation != "flash_attention_2",
+        activation_bytes=2 if cfg.engine.precision != "fp32" else 4,
+        logits_bytes_per_entry=LOGITS_BYTES_PER_ENTRY if rl.kernels == "unfused" else 0,
+        rollout_sequences=rollout_sequences, rollout_seq_len=max_len, reference_model=algo.kl_coef > 0,
+    )
+    return workload, batch, compute

@@ -1,4 +1,5 @@
-"""Shared test setup: hardware markers skip with a reason; the benchmark data folder is optional."""
+"""Shared test setup: hardware markers skip with a reason; the benchmark data folder is optional;
+fault injection for the resume tests (``kill_during_save``)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,16 @@ def benchmarks_dir() -> Path:
     if not BENCHMARKS.is_dir():
         pytest.skip(f"real benchmark files not found at {BENCHMARKS} (only a developer checkout has ../shared)")
     return BENCHMARKS
+
+
+@pytest.fixture
+def kill_during_save():
+    """``kill_during_save(step)`` -> the environment for a training process (and every process it
+    starts) that SIGKILLs itself while checkpoint ``step`` is half-written: model files on disk,
+    trainer state not yet (tests/fault_injection/sitecustomize.py)."""
+
+    def environment(step: int) -> dict[str, str]:
+        path = [str(REPO / "tests" / "fault_injection"), os.environ.get("PYTHONPATH", "")]
+        return {"PYTHONPATH": os.pathsep.join(p for p in path if p), "NPU_RETU_TEST_KILL_DURING_SAVE": str(step)}
+
+    return environment

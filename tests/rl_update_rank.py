@@ -14,12 +14,13 @@ import sys
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from npu_retu.algos import Group, advantages_of_group
 from npu_retu.config import load_config
 from npu_retu.device import Backend
 from npu_retu.distributed import process_group as pg
 from npu_retu.engine import build_engine
 from npu_retu.rollout.base import Trajectory
-from npu_retu.trainer.rl import Group, policy_update
+from npu_retu.trainer.rl import Stopwatch, policy_update, rl_loss
 
 VOCAB, N = 48, 4
 
@@ -35,7 +36,8 @@ def fixed_groups(seed: int, count: int, n: int = N) -> list[Group]:
             logprobs = [-rng.uniform(0.5, 4.0) for _ in response]
             trajectories.append(Trajectory(g, j, prompt, response, "", logprobs, "stop"))
             rewards.append(float(j % 2 == g % 2 or j == 3))  # mixed rewards: non-zero advantages
-        groups.append(Group(prompt_index=g, prompt_ids=prompt, trajectories=trajectories, rewards=rewards))
+        groups.append(Group(prompt_index=g, prompt_ids=prompt, trajectories=trajectories, rewards=rewards,
+                            advantages=advantages_of_group(rewards)))  # Eq. 2, grpo with the std
     return groups
 
 
@@ -59,8 +61,7 @@ def main(out: str, engine_name: str) -> None:
     metrics = []
     # the second update has 2 sequences: at 3 ranks one rank trains on nothing and must still take part
     for step, kept in enumerate([fixed_groups(1, 3), fixed_groups(2, 1, n=2)]):
-        timings = {"rollout": 0.0, "reward": 0.0, "logprobs": 0.0, "update": 0.0}
-        row, _ = policy_update(engine, kept, cfg, timings, pad_id=0, seed=step, ranks=ranks)
+        row, _ = policy_update(engine, rl_loss(cfg.rl), kept, cfg.rl, Stopwatch(), pad_id=0, seed=step, ranks=ranks)
         metrics.append(row)
     if ranks.is_main:
         weights = {k: v.detach().float().cpu().clone() for k, v in engine.model.state_dict().items()}

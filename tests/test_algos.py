@@ -12,21 +12,24 @@ import torch
 
 from npu_retu.algos import (
     ADVANTAGE_ESTIMATORS,
-    POLICY_LOSSES,
+    LOSSES,
     RL_PRESETS,
-    AlgoConfig,
+    ClippedPolicyLoss,
     Group,
+    NextTokenNLL,
+    advantages_of_group,
     agg_loss,
-    algo_config,
-    broadcast_to_tokens,
+    build_loss,
     clipped_policy_loss,
     fill_batch,
+    get_loss,
     group_advantages,
     keep_mask,
     kl_penalty,
     register_advantage_estimator,
+    register_loss,
 )
-from npu_retu.config import ConfigError, from_dict
+from npu_retu.config import AlgoConfig, ConfigError, from_dict, load_config
 
 D = torch.float64
 
@@ -83,10 +86,13 @@ def test_all_equal_group_and_singleton_give_zero():
     torch.testing.assert_close(out, torch.tensor([0.0, 0.0, 0.0, 0.7071068, -0.7071068]))
 
 
-def test_broadcast_to_tokens():
-    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    out = broadcast_to_tokens(torch.tensor([2.0, -1.0]), mask)
-    assert torch.equal(out, torch.tensor([[2.0, 2.0, 0.0], [-1.0, 0.0, 0.0]]))
+def test_advantages_of_group_is_eq2_per_group():
+    # one group's list of rewards through the configured estimator: [1, 0, 0, 0] -> (1.5, -0.5, -0.5, -0.5)
+    # with the std (+ eps 1e-6: 0.75 / 0.500001), (0.75, -0.25, -0.25, -0.25) without
+    assert advantages_of_group([1.0, 0.0, 0.0, 0.0]) == pytest.approx([1.5, -0.5, -0.5, -0.5], abs=5e-6)
+    assert advantages_of_group([1.0, 0.0, 0.0, 0.0], "grpo", normalize_std=False) == [0.75, -0.25, -0.25, -0.25]
+    assert advantages_of_group([1.0, 0.0, 0.0, 0.0], "grpo_no_std") == [0.75, -0.25, -0.25, -0.25]
+    assert advantages_of_group([1.0, 1.0]) == [0.0, 0.0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,10 +122,10 @@ def test_positive_advantage_above_clip_high_is_clipped():
 
 
 def test_asymmetric_clip_higher():
-    # r = 1.25: eps_high 0.28 -> 1.25 < 1.28, unclipped: loss -1.25, gradient -1.25.
+    # r = 1.25: clip_high 0.28 -> 1.25 < 1.28, unclipped: loss -1.25, gradient -1.25.
     loss, grad, _ = one_token(1.0, 1.25, clip_high=0.28)
     assert loss == pytest.approx(-1.25) and grad == pytest.approx(-1.25)
-    # eps_high 0.2 -> clip(1.25) = 1.2: max(-1.25, -1.2) = -1.2, gradient 0.
+    # clip_high 0.2 -> clip(1.25) = 1.2: max(-1.25, -1.2) = -1.2, gradient 0.
     loss, grad, m = one_token(1.0, 1.25, clip_high=0.2)
     assert loss == pytest.approx(-1.2) and grad == 0.0 and m["clipfrac_upper"] == 1.0
 
@@ -262,7 +268,15 @@ def test_seq_mean_micro_batches_match_one_batch():
 
 
 def test_loss_registry_and_argument_checks():
-    assert POLICY_LOSSES["clipped"] is clipped_policy_loss
+    # the trainers build their losses by name: SFT's NLL (Eq. 1) and the clipped policy loss (Eq. 3)
+    assert LOSSES["clipped"] is ClippedPolicyLoss and LOSSES["nll"] is NextTokenNLL
+    assert isinstance(build_loss("clipped", algo=AlgoConfig(), kernels="unfused"), ClippedPolicyLoss)
+    with pytest.raises(ValueError, match="unknown loss 'ppo'; choose one of clipped, nll"):
+        get_loss("ppo")
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss("nll")(type("AnotherNLL", (), {}))
+    with pytest.raises(ConfigError, match="rl.algo.loss.*must be one of clipped"):
+        load_config(None, ["rl.algo.loss=nll"])  # an SFT loss is not an RL one
     x = torch.zeros(1, 2)
     with pytest.raises(ValueError, match="dual_clip"):
         clipped_policy_loss(x, x, torch.zeros(1), torch.ones(1, 2), dual_clip=0.5)
@@ -315,16 +329,22 @@ ALL_RIGHT, ALL_WRONG, MIXED = [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 
 
 
 class Script:
-    """A draw_fn that hands out pre-written generation batches and counts the calls."""
+    """A draw_fn that hands out pre-written generation batches and counts the calls; group j of
+    batch i is prompt 10 i + j (``name`` spells it "b{i}g{j}")."""
 
     def __init__(self, *batches):
-        self.batches = [[Group(r, payload=f"b{i}g{j}") for j, r in enumerate(b)] for i, b in enumerate(batches)]
+        self.batches = [[Group(10 * i + j, [], [], r) for j, r in enumerate(b)] for i, b in enumerate(batches)]
         self.calls = 0
 
-    def __call__(self):
+    def __call__(self, draw):
+        assert draw == self.calls  # fill_batch numbers its draws 0, 1, ...
         batch = self.batches[self.calls]
         self.calls += 1
         return batch
+
+
+def name(group: Group) -> str:
+    return f"b{group.prompt_index // 10}g{group.prompt_index % 10}"
 
 
 def test_fill_batch_fills_in_two_draws_and_truncates():
@@ -334,8 +354,10 @@ def test_fill_batch_fills_in_two_draws_and_truncates():
         [MIXED, ALL_WRONG, MIXED, ALL_RIGHT],
         [MIXED, MIXED, MIXED, MIXED],  # never drawn
     )
-    kept, stats = fill_batch(draw, train_batch_prompts=3, max_draws=10, group_size=4)
-    assert [g.payload for g in kept] == ["b0g1", "b0g3", "b1g0"]
+    batch = fill_batch(draw, train_batch_prompts=3, max_draws=10, group_size=4)
+    kept, stats = batch.kept, batch.stats
+    assert [name(g) for g in kept] == ["b0g1", "b0g3", "b1g0"]
+    assert [name(g) for g in batch.generated] == ["b0g0", "b0g1", "b0g2", "b0g3", "b1g0", "b1g1", "b1g2", "b1g3"]
     assert draw.calls == 2
     # generated 8, kept 4 -> fraction 0.5; used 3 after truncation.
     assert stats == {
@@ -351,8 +373,9 @@ def test_fill_batch_fills_in_two_draws_and_truncates():
 def test_fill_batch_budget_exhausted_returns_partial():
     # Target 4, at most 2 draws, one mixed group per draw -> 2 kept, budget exhausted.
     draw = Script([MIXED, ALL_RIGHT], [ALL_WRONG, MIXED], [MIXED, MIXED])
-    kept, stats = fill_batch(draw, train_batch_prompts=4, max_draws=2, group_size=4)
-    assert [g.payload for g in kept] == ["b0g0", "b1g1"]
+    batch = fill_batch(draw, train_batch_prompts=4, max_draws=2, group_size=4)
+    kept, stats = batch.kept, batch.stats
+    assert [name(g) for g in kept] == ["b0g0", "b1g1"]
     assert draw.calls == 2
     assert stats["budget_exhausted"] is True and stats["groups_kept"] == 2 and stats["groups_used"] == 2
     assert stats["kept_fraction"] == pytest.approx(2 / 4)
@@ -360,16 +383,18 @@ def test_fill_batch_budget_exhausted_returns_partial():
 
 def test_fill_batch_zero_kept_is_not_an_error():
     draw = Script([ALL_RIGHT, ALL_WRONG], [ALL_WRONG], [])  # an empty draw counts as a draw
-    kept, stats = fill_batch(draw, train_batch_prompts=2, max_draws=3, group_size=4)
-    assert kept == []
+    batch = fill_batch(draw, train_batch_prompts=2, max_draws=3, group_size=4)
+    kept, stats = batch.kept, batch.stats
+    assert kept == [] and len(batch.generated) == 3
     assert stats["draws"] == 3 and stats["groups_generated"] == 3 and stats["groups_kept"] == 0
     assert stats["kept_fraction"] == 0.0 and stats["budget_exhausted"] is True
 
 
 def test_fill_batch_without_filter_is_one_draw_keeping_everything():
     draw = Script([ALL_RIGHT, MIXED, ALL_WRONG], [MIXED])
-    kept, stats = fill_batch(draw, train_batch_prompts=3, max_draws=10, group_size=4, filter=False)
-    assert [g.payload for g in kept] == ["b0g0", "b0g1", "b0g2"]
+    batch = fill_batch(draw, train_batch_prompts=3, max_draws=10, group_size=4, filter=False)
+    kept, stats = batch.kept, batch.stats
+    assert [name(g) for g in kept] == ["b0g0", "b0g1", "b0g2"]
     assert draw.calls == 1 and stats["draws"] == 1
     assert stats["groups_kept"] == 3 and stats["kept_fraction"] == 1.0 and stats["budget_exhausted"] is False
 
@@ -392,21 +417,22 @@ def test_presets_match_the_paper():
     for name, preset in RL_PRESETS.items():
         assert preset["loss_agg"] == "token-mean" and preset["clip_low"] == 0.2, name
         assert preset["kl_coef"] == 0.0 and preset["entropy_coef"] == 0.0 and preset["n"] == 8, name
-        cfg = algo_config(name)
+        cfg = load_config(None, [f"rl.algorithm={name}"]).rl.algo  # the preset, through the config loader
         assert isinstance(cfg, AlgoConfig)
     # The dataclass defaults are DAPO_dc.
-    assert algo_config("dapo_dc") == AlgoConfig(normalize_std=True)
+    assert load_config(None, ["rl.algorithm=dapo_dc"]).rl.algo == AlgoConfig(normalize_std=True)
 
 
 def test_algo_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="algo.dual_clip"):
-        algo_config("dapo_dc", dual_clip=0.5)
+        load_config(None, ["rl.algorithm=dapo_dc", "rl.algo.dual_clip=0.5"])
     with pytest.raises(ConfigError, match="algo.normalize_std"):
-        algo_config("grpo", adv_estimator="grpo_no_std")  # the preset says normalize_std=True
+        # the preset says normalize_std=True
+        load_config(None, ["rl.algorithm=grpo", "rl.algo.adv_estimator=grpo_no_std"])
     with pytest.raises(ConfigError, match="algo.adv_estimator"):
         AlgoConfig(adv_estimator="ppo").validate()
     with pytest.raises(ConfigError, match="algo.bogus"):
-        algo_config("grpo", bogus=1)
+        load_config(None, ["rl.algorithm=grpo", "rl.algo.bogus=1"])
     # Through the main config loader: null turns dual-clip off; a bad literal names the key.
     cfg = from_dict(AlgoConfig, {"dual_clip": None, "adv_estimator": "grpo_no_std"}, "algo")
     cfg.validate()

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from npu_retu.ceiling.tables import (
-    Branch, PlasticityRow, branch_from_rl_run, branch_sort_key, format_markdown, format_text, min_loss_correlation,
-    plasticity_rows, rows_to_json, sft_phase_spans, write_csv,
+    Branch, PlasticityRow, branch_from_rl_run, branch_sort_key, min_loss_correlation, plasticity_rows, rows_to_json,
+    sft_phase_spans,
 )
 from npu_retu.errors import UserError
+from npu_retu.report.plasticity_table import format_markdown, format_text, write_csv
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = {"bootstrap": 0}  # the bootstrap is tested once; elsewhere it only costs time

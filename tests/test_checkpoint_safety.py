@@ -418,6 +418,7 @@ DEEPSPEED_SCRIPT = textwrap.dedent(
     from pathlib import Path
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+    from npu_retu.algos import NextTokenNLL
     from npu_retu.config import EngineConfig, OptimConfig
     from npu_retu.device import get_backend
     from npu_retu.engine.deepspeed_engine import DeepSpeedEngine
@@ -433,7 +434,8 @@ DEEPSPEED_SCRIPT = textwrap.dedent(
 
     def train_step():
         ids = torch.randint(0, 64, (2, 8))
-        engine.forward_backward({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}, 14)
+        loss_sum, _ = NextTokenNLL()(engine.module, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+        engine.backward(loss_sum / 14, last=True)
         return engine.step()
 
     def snapshot():

@@ -132,14 +132,14 @@ def test_ray_worker_failure_reports_its_traceback_without_hanging(tmp_path):
     assert "ray initialized after the job: False" in proc.stdout
 
 
-def test_ray_rank_killed_mid_job_ends_the_job_instead_of_hanging(tmp_path):
+def test_ray_rank_killed_mid_job_ends_the_job_instead_of_hanging(tmp_path, kill_during_save):
     import time
 
     # rank 0 is SIGKILLed while writing checkpoint 2; rank 1 waits for it at a barrier, which only
     # the 600 s collective timeout would end: the driver must notice the dead rank and stop the job
     start = time.monotonic()
     proc = run_ray_job(write_config(tmp_path, "killed"), "cluster.timeout_s=600",
-                       env_extra={"NPU_RETU_FAULT_KILL_DURING_SAVE": "2"})
+                       env_extra=kill_during_save(2))
     assert time.monotonic() - start < 180
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "npu-retu sft: error: rank 0 of 2 died" in proc.stderr

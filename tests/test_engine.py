@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from npu_retu.algos import NextTokenNLL, build_loss
 from npu_retu.config import OptimConfig
 from npu_retu.engine.local import LocalEngine, lr_multiplier
 
@@ -34,11 +35,19 @@ def test_lr_schedule_hand_values():
     assert lr_multiplier(9, schedule="constant", **kw) == 1.0
 
 
-def test_loss_sum_matches_hand_cross_entropy():
+def forward_backward(eng, loss_fn, micro_batch, num_loss_tokens):
+    """What the SFT trainer does per micro-batch: the registered loss, divided by the step's tokens."""
+    loss_sum, metrics = loss_fn(eng.module, micro_batch)
+    eng.backward(loss_sum / num_loss_tokens)
+    return float(loss_sum.detach()), metrics["tokens"]
+
+
+def test_nll_loss_sum_matches_hand_cross_entropy():
     model = tiny_model()
-    eng = LocalEngine(model, OptimConfig(lr=1e-3), 10, torch.device("cpu"))
+    assert isinstance(build_loss("nll"), NextTokenNLL)
     b = batch([[1, 2, 3, 4, 5]], n_prompt=2)
-    loss_sum, n = eng.loss_sum(b)
+    loss_sum, metrics = build_loss("nll")(model, b)
+    n = metrics["tokens"]
     logits = model(input_ids=b["input_ids"]).logits[0]
     logp = torch.log_softmax(logits.double(), -1)
     # targets 3, 4, 5 are predicted from positions 1, 2, 3 (token 3 is the first label)
@@ -58,7 +67,7 @@ def test_gradient_accumulation_equals_one_big_batch():
         n_tokens = int((big["labels"][:, 1:] != -100).sum())
         size = 4 // split
         for i in range(0, 4, size):
-            eng.forward_backward({k: v[i : i + size] for k, v in big.items()}, n_tokens)
+            forward_backward(eng, NextTokenNLL(), {k: v[i : i + size] for k, v in big.items()}, n_tokens)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(grads[0], grads[2], rtol=1e-5, atol=1e-7)
@@ -68,7 +77,7 @@ def test_step_clips_and_reports_norm():
     model = tiny_model()
     eng = LocalEngine(model, OptimConfig(lr=1e-3, max_grad_norm=1e-3, warmup_steps=0, schedule="constant"), 10, torch.device("cpu"))
     b = batch([[1, 2, 3, 4, 5]], n_prompt=1)
-    eng.forward_backward(b, 4)
+    forward_backward(eng, NextTokenNLL(), b, 4)
     before = math.sqrt(sum(float(p.grad.norm()) ** 2 for p in model.parameters() if p.grad is not None))
     stats = eng.step()
     assert stats["grad_norm"] == pytest.approx(before, rel=1e-4)
@@ -92,8 +101,8 @@ def test_fused_sft_loss_equals_the_full_logits_loss(packed):
     results = {}
     for kernels in ("unfused", "reference"):
         model = tiny_model()
-        eng = LocalEngine(model, OptimConfig(lr=1e-3), 10, torch.device("cpu"), loss_kernels=kernels)
-        loss_sum, n = eng.loss_sum(b)
+        loss_sum, metrics = NextTokenNLL(kernels=kernels)(model, b)
+        n = metrics["tokens"]
         loss_sum.backward()
         results[kernels] = (float(loss_sum.detach()), n, [p.grad.clone() for p in model.parameters()])
     (want, want_n, want_grads), (got, got_n, got_grads) = results["unfused"], results["reference"]
@@ -109,3 +118,18 @@ def test_fused_sft_loss_is_refused_with_zero3():
     with pytest.raises(ConfigError, match="sft.kernels"):
         load_config(None, ["sft.kernels=auto", "engine.name=deepspeed", "engine.zero_stage=3"])
     load_config(None, ["sft.kernels=auto", "engine.name=deepspeed", "engine.zero_stage=2"])
+
+
+def test_fused_path_refuses_logits_that_are_not_hidden_times_head():
+    """A model whose config soft-caps its logits (Gemma 2) is refused by the fused paths with a
+    message naming the setting (the check reads the config off the decoder, which shares it)."""
+    from npu_retu.algos.logprobs import hidden_states_and_head
+
+    model = tiny_model()
+    model.config.final_logit_softcapping = 30.0
+    b = batch([[1, 2, 3, 4, 5]], n_prompt=2)
+    with pytest.raises(ValueError, match="final_logit_softcapping.*kernels=unfused"):
+        hidden_states_and_head(model, b["input_ids"], b["attention_mask"])
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        NextTokenNLL(kernels="reference")(model, b)
+    NextTokenNLL(kernels="unfused")(model, b)  # the plain path runs it through its own forward

@@ -127,7 +127,7 @@ def loss_inputs(seed=0, batch=4, width=9):
 def test_clipped_policy_loss_matches_the_algos_loss(impl, tiles, agg, global_counts):
     logp, old, advantages, mask = loss_inputs()
     counts = {"global_token_count": 40, "global_seq_count": 7} if global_counts else {}
-    settings = dict(eps_low=0.2, eps_high=0.28, clip_ratio_c=10.0)
+    settings = dict(clip_low=0.2, clip_high=0.28, dual_clip=10.0)
 
     lp64 = logp.clone().requires_grad_()
     want, want_metrics = algos_loss(lp64, old, advantages, mask, clip_low=0.2, clip_high=0.28, dual_clip=10.0, agg=agg, **counts)
@@ -152,7 +152,7 @@ def test_policy_loss_without_dual_clip_and_with_symmetric_clip(impl, tiles):
     want, _ = algos_loss(lp64, old, advantages, mask, clip_low=0.2, clip_high=0.2, dual_clip=None)
     (want_grad,) = torch.autograd.grad(want, [lp64])
     lp = logp.float().requires_grad_()
-    loss, metrics = clipped_policy_loss(lp, old.float(), advantages.float(), mask.float(), eps_low=0.2, eps_high=0.2, clip_ratio_c=None, impl=impl, **tiles)
+    loss, metrics = clipped_policy_loss(lp, old.float(), advantages.float(), mask.float(), clip_low=0.2, clip_high=0.2, dual_clip=None, impl=impl, **tiles)
     (grad,) = torch.autograd.grad(loss, [lp])
     assert float(loss.detach()) == pytest.approx(float(want.detach()), rel=1e-6, abs=1e-6) and metrics["dual_clip_frac"] == 0.0
     torch.testing.assert_close(grad.double(), want_grad, rtol=1e-5, atol=1e-6)
@@ -253,8 +253,8 @@ def test_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match="temperature must be > 0"):
         fused_linear_logprobs(hidden, weight, targets, temperature=0.0, impl="reference")
     logp, old, adv, mask = loss_inputs()
-    with pytest.raises(ValueError, match="clip_ratio_c"):
-        clipped_policy_loss(logp, old, adv, mask, clip_ratio_c=0.5, impl="reference")
+    with pytest.raises(ValueError, match="dual_clip"):
+        clipped_policy_loss(logp, old, adv, mask, dual_clip=0.5, impl="reference")
     with pytest.raises(ValueError, match="unknown loss aggregation 'mean'"):
         clipped_policy_loss(logp, old, adv, mask, agg="mean", impl="reference")
 

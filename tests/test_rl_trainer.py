@@ -124,6 +124,21 @@ def test_rl_step_flops_is_eq22_for_equal_lengths():
     )
 
 
+def test_weighted_sums_give_token_weighted_means():
+    from npu_retu.report.metrics import WeightedSums, sum_over_ranks
+
+    # two micro-batches of 3 and 1 tokens with clipfrac 0.5 and 1.0: (3 * 0.5 + 1 * 1.0) / 4 = 0.625;
+    # a name with weight 0 only (a rank that trained on nothing) reads 0
+    sums = WeightedSums()
+    sums.add({"clipfrac": 0.5}, weight=3)
+    sums.add({"clipfrac": 1.0, "drift": 0.25}, weight=1)
+    sums.add({"unseen": 7.0}, weight=0)
+    reduced = sums.over_ranks()  # one process: the identity
+    assert (reduced.mean("clipfrac"), reduced.mean("drift"), reduced.mean("unseen")) == (0.625, 0.25, 0.0)
+    assert reduced.weights == {"clipfrac": 4.0, "drift": 1.0, "unseen": 0.0}
+    assert sum_over_ranks({"b": 2, "a": 1.5}) == {"a": 1.5, "b": 2.0}
+
+
 def test_presets_fill_the_algo_section_and_overrides_win():
     cfg = load_config(None, ["rl.algorithm=dapo_d"])
     assert (cfg.rl.algo.clip_high, cfg.rl.algo.dynamic_sampling) == (0.2, True)
@@ -274,6 +289,7 @@ class GradRecorder:
 
     def __init__(self, model):
         self.model, self.device, self.grads = model, torch.device("cpu"), []
+        self.module = model  # what the loss runs the training forward through
 
     def backward(self, loss, *, last=True):
         loss.backward()
@@ -292,8 +308,9 @@ def test_fused_update_matches_the_unfused_one(kl_coef, entropy_coef):
 
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from npu_retu.algos import Group, advantages_of_group
     from npu_retu.rollout import Trajectory
-    from npu_retu.trainer.rl import Group, policy_update
+    from npu_retu.trainer.rl import Stopwatch, policy_update, rl_loss
 
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(Qwen2Config(
@@ -310,7 +327,8 @@ def test_fused_update_matches_the_unfused_one(kl_coef, entropy_coef):
             response = torch.randint(1, 61, (2 + (p + s) % 5,), generator=g).tolist()
             logprobs = (-torch.rand(len(response), generator=g) * 3).tolist()
             trajectories.append(Trajectory(p, s, prompt, response, "", logprobs, "stop"))
-        groups.append(Group(p, prompt, trajectories, [1.0, 0.0, float(p % 2), 0.0]))
+        rewards = [1.0, 0.0, float(p % 2), 0.0]
+        groups.append(Group(p, prompt, trajectories, rewards, advantages_of_group(rewards)))
     cfg = load_config(None, [
         "rl.algo.n=4", "rl.mini_batch_prompts=2", "rl.train_batch_prompts=2", "rl.micro_batch_size=3",
         "rl.rollout.temperature=0.7", f"rl.algo.kl_coef={kl_coef}", f"rl.algo.entropy_coef={entropy_coef}",
@@ -320,7 +338,7 @@ def test_fused_update_matches_the_unfused_one(kl_coef, entropy_coef):
     for impl in impls:
         cfg.rl.kernels = impl
         engine = GradRecorder(model)
-        metrics, _ = policy_update(engine, groups, cfg, {"logprobs": 0.0, "update": 0.0}, pad_id=0, seed=3, reference_model=reference_model)
+        metrics, _ = policy_update(engine, rl_loss(cfg.rl), groups, cfg.rl, Stopwatch(), pad_id=0, seed=3, reference_model=reference_model)
         results[impl] = (metrics, engine.grads)
     want_metrics, want_grads = results["unfused"]
     assert len(want_grads) == 2 and want_metrics["actor/pg_loss"] != 0

@@ -76,9 +76,9 @@ def test_sigkill_mid_training_then_resume_matches(tmp_path, reference):
         assert resumed[step] == pytest.approx(reference[step], rel=0, abs=1e-6), f"step {step}"
 
 
-def test_half_written_checkpoint_is_never_resumed(tmp_path, reference):
+def test_half_written_checkpoint_is_never_resumed(tmp_path, reference, kill_during_save):
     cfg = sft_config(tmp_path, "halfsaved")
-    rc, out = run_sft(cfg, env_extra={"NPU_RETU_FAULT_KILL_DURING_SAVE": "8"})
+    rc, out = run_sft(cfg, env_extra=kill_during_save(8))
     assert rc == -signal.SIGKILL, out
     root = tmp_path / "halfsaved" / "checkpoints"
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["step-000004"]

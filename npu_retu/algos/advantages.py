@@ -1,4 +1,4 @@
-"""Group-relative advantages (GRPO, paper Eq. 2) and their broadcast to response tokens.
+"""Group-relative advantages (GRPO, paper Eq. 2).
 
     A_i = (R_i - mean({R_j}_{j=1..G})) / (std({R_j}_{j=1..G}) + eps)        (Eq. 2, "grpo")
     A_i =  R_i - mean({R_j}_{j=1..G})                                        ("grpo_no_std")
@@ -10,11 +10,12 @@ Choices, matching verl's ``compute_grpo_outcome_advantage`` (the code RETU ran o
 * ``eps`` (1e-6) is added to the std, not to the variance. A group whose rewards are all equal gets
   exactly 0 (its numerator is 0 up to rounding); DAPO's dynamic sampling drops such groups anyway.
 * A group of size 1 gets advantage 0: there is no baseline to compare with. (verl differs here: it
-  uses mean 0 and std 1, i.e. A = R; with ``n >= 2``, which :class:`~npu_retu.algos.config.AlgoConfig`
+  uses mean 0 and std 1, i.e. A = R; with ``n >= 2``, which :class:`~npu_retu.config.AlgoConfig`
   requires, the case never arises in training.)
 
 Estimators are registered by name in :data:`ADVANTAGE_ESTIMATORS`; the config picks one with
-``algo.adv_estimator``.
+``algo.adv_estimator``. Every response token of a sequence has the sequence's advantage (Eq. 3's
+``A_{i,t} = A_i``): the policy loss broadcasts it.
 """
 
 from __future__ import annotations
@@ -119,13 +120,8 @@ def grpo_no_std_advantages(rewards: Tensor, groups: int | Tensor | None = None, 
     return group_advantages(rewards, groups, normalize_std=False, eps=eps)
 
 
-def broadcast_to_tokens(seq_advantages: Tensor, response_mask: Tensor) -> Tensor:
-    """Give every response token its sequence's advantage (Eq. 3 uses ``A_{i,t} = A_i``).
-
-    ``seq_advantages`` is ``[B]``, ``response_mask`` ``[B, T]`` (bool or 0/1); padding gets 0.
-    """
-    if seq_advantages.dim() != 1 or response_mask.dim() != 2 or response_mask.shape[0] != seq_advantages.shape[0]:
-        raise ValueError(
-            f"expected advantages [B] and response_mask [B, T], got {tuple(seq_advantages.shape)} and {tuple(response_mask.shape)}"
-        )
-    return seq_advantages[:, None] * response_mask.to(seq_advantages.dtype)
+def advantages_of_group(rewards: list[float], estimator: str = "grpo", normalize_std: bool | None = None) -> list[float]:
+    """The advantages of one prompt's group of rollouts (Eq. 2) by the estimator named ``estimator``,
+    as floats (computed in float32, as the loss uses them)."""
+    group = torch.tensor(rewards, dtype=torch.float32).view(1, -1)
+    return get_advantage_estimator(estimator)(group, normalize_std=normalize_std).view(-1).tolist()

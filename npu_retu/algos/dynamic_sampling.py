@@ -7,25 +7,41 @@ generation batches of 128 prompts until 64 kept prompts fill the train batch, at
 when the budget runs out it trains on what was kept (possibly nothing: the trainer then skips the
 update) and logs it. GRPO is the same loop with the filter off: one draw, every group kept.
 
-Nothing here knows about models: ``draw_fn`` is any callable that returns one generation batch as a
-list of groups, each with a ``rewards`` attribute (see :class:`Group`); the payload is carried along.
+Nothing here knows about models: ``draw_fn(d)`` is any callable that returns generation batch ``d``
+(0, 1, ...) as a list of :class:`Group`; the filter looks only at their rewards.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from npu_retu.rollout import Trajectory
+
 
 @dataclass
 class Group:
-    """One prompt's ``G`` rollouts: their rewards and whatever the trainer needs later (``payload``)."""
+    """One prompt's ``G`` rollouts with their rewards and group advantages (Eq. 2): what dynamic
+    sampling keeps or drops, and what the policy update trains on."""
 
-    rewards: Sequence[float] | Tensor
-    payload: Any = None
+    prompt_index: int  # into the RL prompts
+    prompt_ids: list[int]
+    trajectories: list[Trajectory]  # G of them
+    rewards: list[float]  # one per trajectory
+    advantages: list[float] = field(default_factory=list)  # one per trajectory, once the rewards are in
+
+
+@dataclass
+class RolloutBatch:
+    """One RL step's samples: the groups to train on, every group generated, and how the filter went."""
+
+    kept: list[Group]  # at most train_batch_prompts, in draw order
+    generated: list[Group]  # every group of every draw (the step's rollout metrics and compute)
+    stats: dict[str, Any]  # draws, groups_generated, groups_kept, groups_used, kept_fraction, budget_exhausted
 
 
 def keep_mask(rewards: Tensor | Sequence[float], group_size: int) -> Tensor:
@@ -48,16 +64,16 @@ def keep_mask(rewards: Tensor | Sequence[float], group_size: int) -> Tensor:
 
 
 def fill_batch(
-    draw_fn: Callable[[], Sequence[Any]],
+    draw_fn: Callable[[int], Sequence[Group]],
     train_batch_prompts: int,
     max_draws: int,
     group_size: int,
     filter: bool = True,
-) -> tuple[list[Any], dict[str, Any]]:
+) -> RolloutBatch:
     """Fill a train batch of ``train_batch_prompts`` groups with DAPO's dynamic sampling.
 
-    Calls ``draw_fn()`` (one generation batch: a list of groups with ``.rewards`` of length
-    ``group_size``) until the groups kept by :func:`keep_mask` number at least
+    Calls ``draw_fn(0)``, ``draw_fn(1)``, ... (one generation batch each: groups with ``rewards`` of
+    length ``group_size``) until the groups kept by :func:`keep_mask` number at least
     ``train_batch_prompts`` or ``max_draws`` draws were made; keeps the first
     ``train_batch_prompts`` in draw order. With ``filter=False`` (GRPO): one draw, every group kept.
     Never raises for running short: returns what was kept (maybe ``[]``) and
@@ -72,12 +88,13 @@ def fill_batch(
         raise ValueError(f"train_batch_prompts must be >= 1, got {train_batch_prompts}")
     if max_draws < 1:
         raise ValueError(f"max_draws must be >= 1, got {max_draws}")
-    draws = generated = 0
-    kept: list[Any] = []
+    draws = 0
+    generated: list[Group] = []
+    kept: list[Group] = []
     while draws < (max_draws if filter else 1):
-        batch = list(draw_fn())
+        batch = list(draw_fn(draws))
         draws += 1
-        generated += len(batch)
+        generated.extend(batch)
         if not batch:
             continue
         for g in batch:
@@ -96,10 +113,10 @@ def fill_batch(
         kept = kept[:train_batch_prompts]
     stats = {
         "draws": draws,
-        "groups_generated": generated,
+        "groups_generated": len(generated),
         "groups_kept": groups_kept,
         "groups_used": len(kept),
-        "kept_fraction": groups_kept / generated if generated else 0.0,
+        "kept_fraction": groups_kept / len(generated) if generated else 0.0,
         "budget_exhausted": exhausted,
     }
-    return kept, stats
+    return RolloutBatch(kept=kept, generated=generated, stats=stats)

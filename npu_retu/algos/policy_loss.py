@@ -2,51 +2,36 @@
 
 Per response token, with ``r = exp(clamp(logp - old_logp, -c, c))``:
 
-    pg = max(-A * r, -A * clip(r, 1 - eps_low, 1 + eps_high))       (Eq. 3, negated; DAPO clip-higher)
+    pg = max(-A * r, -A * clip(r, 1 - clip_low, 1 + clip_high))     (Eq. 3, negated; DAPO clip-higher)
     pg = min(pg, -A * dual_clip)         for A < 0                  (dual-clip PPO, Ye et al. 2020)
 
 This is verl's ``compute_policy_loss`` ("vanilla"), which RETU ran: for A < 0 the clipped loss
-``|A| * max(r, 1 - eps_low)`` grows without bound in r, so dual-clip caps it at ``dual_clip * |A|``
+``|A| * max(r, 1 - clip_low)`` grows without bound in r, so dual-clip caps it at ``dual_clip * |A|``
 (c = 10 in RETU) - a token whose ratio exceeds ``dual_clip`` then gives no gradient. The log-ratio
-clamp (20, as verl) only keeps ``exp`` finite.
+clamp (20, as verl) only keeps ``exp`` finite. ``clip_low`` / ``clip_high`` are the paper's
+eps_low / eps_high (TRL's ``epsilon`` / ``epsilon_high``); the fused kernels take the same names.
 
 Aggregation (:func:`agg_loss`) decides the normaliser. For micro-batching and data parallelism the
 caller passes the count over the *whole* mini-batch (every micro-batch on every rank) so that the
 summed gradients equal the gradient of the whole mini-batch in one piece.
+
+:class:`ClippedPolicyLoss` is the registered loss ``clipped`` the RL trainer runs on each
+micro-batch (a :class:`PolicyBatch`): this loss, plus the KL and entropy terms when configured.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
-
-PolicyLoss = Callable[..., tuple[Tensor, dict[str, float]]]
-
-POLICY_LOSSES: dict[str, PolicyLoss] = {}
-
-
-def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
-    """Register ``fn(logp, old_logp, advantages, response_mask, **options) -> (loss, metrics)``."""
-
-    def deco(fn: PolicyLoss) -> PolicyLoss:
-        if name in POLICY_LOSSES:
-            raise ValueError(f"policy loss {name!r} is already registered")
-        POLICY_LOSSES[name] = fn
-        return fn
-
-    return deco
-
-
-def get_policy_loss(name: str) -> PolicyLoss:
-    """The policy loss registered as ``name``; a ValueError lists the valid names otherwise."""
-    try:
-        return POLICY_LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown policy loss {name!r}; choose one of {', '.join(sorted(POLICY_LOSSES))}") from None
+from npu_retu import kernels as fused
+from npu_retu.algos.kl import kl_penalty
+from npu_retu.algos.logprobs import hidden_states_and_head, kernel_impl, token_logprobs
+from npu_retu.algos.losses import register_loss
+from npu_retu.kernels.reference import LOSS_AGG_MODES  # the fused loss takes the same
 
 
 def agg_loss(
@@ -91,7 +76,6 @@ def _positive(denom: int | float | Tensor, like: Tensor) -> Tensor:
     return torch.where(d > 0, d, torch.ones_like(d))
 
 
-@register_policy_loss("clipped")
 def clipped_policy_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -106,7 +90,7 @@ def clipped_policy_loss(
     global_token_count: int | float | Tensor | None = None,
     global_seq_count: int | float | Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Clipped surrogate loss of GRPO/DAPO (paper Eq. 3, negated, with DAPO's (eps_low, eps_high)).
+    """Clipped surrogate loss of GRPO/DAPO (paper Eq. 3, negated, with DAPO's asymmetric clip).
 
     ``logp`` (with gradient), ``old_logp`` and ``response_mask`` are ``[B, T]``; ``advantages`` is
     ``[B]`` (one per sequence) or ``[B, T]``. ``clip_low`` / ``clip_high`` are eps_low / eps_high
@@ -115,7 +99,7 @@ def clipped_policy_loss(
     :func:`agg_loss`.
 
     Returns ``(loss, metrics)``; the metrics are floats over this call's response tokens:
-    ``clipfrac_upper`` (A > 0 and r > 1 + eps_high), ``clipfrac_lower`` (A < 0 and r < 1 - eps_low),
+    ``clipfrac_upper`` (A > 0 and r > 1 + clip_high), ``clipfrac_lower`` (A < 0 and r < 1 - clip_low),
     ``clipfrac`` (their sum: tokens whose gradient the clip removed), ``dual_clip_frac`` (A < 0 and
     r > dual_clip), ``approx_kl`` (the k3 estimator of KL(pi_old || pi_theta): mean of
     ``r - 1 - log r``, >= 0), ``ratio_mean``, and ``tokens`` (the count they are averaged over, to
@@ -166,3 +150,79 @@ def clipped_policy_loss(
             "tokens": float(n),
         }
     return loss, metrics
+
+
+@dataclass
+class PolicyBatch:
+    """One micro-batch for the policy loss: right-padded ``prompt + response`` rows.
+
+    Position ``t`` of the ``[B, S-1]`` tensors scores token ``t + 1`` of the row; the counts are
+    those of the whole mini-batch (all micro-batches on all ranks), the loss's normaliser.
+    """
+
+    input_ids: Tensor  # [B, S]
+    attention_mask: Tensor  # [B, S]
+    response_mask: Tensor  # [B, S-1] float: 1 where position t predicts a response token
+    old_logprobs: Tensor  # [B, S-1] the sampling policy's log-probs (0 outside the response)
+    advantages: Tensor  # [B] one per sequence: A_{i,t} = A_i (Eq. 2)
+    ref_logprobs: Tensor | None  # [B, S-1] the reference policy's, when there is a KL term
+    global_token_count: int  # response tokens in the mini-batch
+    global_seq_count: int  # sequences in the mini-batch
+
+
+@register_loss("clipped")
+class ClippedPolicyLoss:
+    """GRPO / DAPO's objective to minimise (Eq. 3, negated): the clipped policy loss of
+    :func:`clipped_policy_loss` with the clip settings and aggregation of ``algo`` (the ``rl.algo``
+    section, :class:`npu_retu.config.AlgoConfig`), ``+ kl_coef * KL(pi ||
+    pi_ref)`` when ``algo.kl_coef > 0`` (``batch.ref_logprobs`` then set), ``- entropy_coef *
+    entropy`` when ``algo.entropy_coef > 0``. Log-probs at the rollout ``temperature``.
+
+    ``kernels`` picks the path: with no KL and no entropy bonus (GRPO / DAPO as the paper ran them)
+    the fused kernels go from the hidden states to the loss in one pass
+    (``fused_linear_policy_loss``); with either term, fused log-probs (and entropy) then the fused
+    loss; ``unfused``: the model's full logits and the PyTorch loss. All give the same loss and
+    gradients (tests/test_rl_trainer.py).
+
+    Returns ``(loss, metrics)``: the clip metrics of :func:`clipped_policy_loss` (``tokens`` is their
+    weight), ``pg_loss`` (this micro-batch's share of the mini-batch loss), ``kl_ref`` (with a KL
+    term) and ``entropy`` (mean over the response tokens).
+    """
+
+    stage = "rl"
+
+    def __init__(self, *, algo: Any, kernels: str = "auto", temperature: float = 1.0):
+        self.kernels, self.temperature = kernels, temperature
+        self.kl_coef, self.kl_kind, self.entropy_coef, self.agg = algo.kl_coef, algo.kl_kind, algo.entropy_coef, algo.loss_agg
+        self.settings = {"clip_low": algo.clip_low, "clip_high": algo.clip_high, "dual_clip": algo.dual_clip,
+                         "log_ratio_clamp": algo.log_ratio_clamp, "agg": algo.loss_agg}
+
+    def __call__(self, model: Any, batch: PolicyBatch) -> tuple[Tensor, dict[str, float]]:
+        ids, attention, mask = batch.input_ids, batch.attention_mask, batch.response_mask
+        counts = {"global_token_count": batch.global_token_count, "global_seq_count": batch.global_seq_count}
+        impl = kernel_impl(self.kernels)
+        if self.kernels != "unfused" and batch.ref_logprobs is None and self.entropy_coef == 0:
+            hidden, head = hidden_states_and_head(model, ids, attention)
+            loss, metrics = fused.fused_linear_policy_loss(
+                hidden[:, :-1], head, ids[:, 1:], batch.old_logprobs, batch.advantages, mask, temperature=self.temperature,
+                return_entropy=True, impl=impl, **self.settings, **counts,
+            )
+            return loss, {**metrics, "pg_loss": float(loss.detach())}
+
+        logp, entropy = token_logprobs(
+            model, ids, attention, temperature=self.temperature, kernels=self.kernels, with_entropy=True,
+            entropy_grad=self.entropy_coef > 0,
+        )
+        if self.kernels == "unfused":
+            loss, metrics = clipped_policy_loss(logp, batch.old_logprobs, batch.advantages, mask, **self.settings, **counts)
+        else:
+            loss, metrics = fused.clipped_policy_loss(logp, batch.old_logprobs, batch.advantages, mask, impl=impl, **self.settings, **counts)
+        metrics = {**metrics, "pg_loss": float(loss.detach())}
+        if batch.ref_logprobs is not None:  # beta * KL(pi || pi_ref), Eq. 3's penalty, with the chosen estimator
+            kl = agg_loss(kl_penalty(logp, batch.ref_logprobs, kind=self.kl_kind), mask, self.agg, **counts)
+            loss = loss + self.kl_coef * kl
+            metrics["kl_ref"] = float(kl.detach())
+        if self.entropy_coef > 0:  # an entropy bonus lowers the loss
+            loss = loss - self.entropy_coef * agg_loss(entropy, mask, self.agg, **counts)
+        metrics["entropy"] = float((entropy.detach() * mask).sum() / max(1.0, float(mask.sum())))
+        return loss, metrics

@@ -1,4 +1,4 @@
-"""``npu-retu bench``: benchmarks that print and save their figures."""
+"""``npu-retu bench``: benchmarks that print and save their figures (the benchmarks are :mod:`npu_retu.bench`)."""
 
 from __future__ import annotations
 
@@ -49,20 +49,20 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     if args.bench == "sft":
-        from npu_retu.bench_sft import bench_sft
+        from npu_retu.bench.sft import bench_sft
 
         bench_sft(args)
     elif args.bench == "rl":
-        from npu_retu.bench_rl import bench_rl
+        from npu_retu.bench.rl import bench_rl
 
         bench_rl(args)
     elif args.bench == "reward":
-        from npu_retu.reward.bench import run_reward_bench
+        from npu_retu.bench.reward import run_reward_bench
 
         run_reward_bench(num_items=args.items, num_workers=args.workers, timeout_s=args.timeout, out_json=args.out)
     elif args.bench == "kernels":
+        from npu_retu.bench.kernels import run_kernel_bench
         from npu_retu.errors import UserError
-        from npu_retu.kernels.bench import run_kernel_bench
 
         try:
             shapes = [tuple(int(x) for x in item.split(":")) for item in args.shapes.split(",")] if args.shapes else None

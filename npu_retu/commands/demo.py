@@ -15,10 +15,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import time
 
-    from npu_retu.commands.pipeline import print_pipeline_summary
-    from npu_retu.commands.sft import resolve_config_path
     from npu_retu.config import load_config
+    from npu_retu.configs import resolve_config_path
     from npu_retu.modeling import resolve_path
+    from npu_retu.report.summary import print_pipeline_summary
     from npu_retu.trainer.pipeline import run_pipeline
 
     cfg = load_config(resolve_config_path(args.config), list(args.overrides))

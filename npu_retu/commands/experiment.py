@@ -58,8 +58,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from npu_retu.commands.sft import resolve_config_path
     from npu_retu.config import load_config
+    from npu_retu.configs import resolve_config_path
 
     cfg = load_config(resolve_config_path(args.config), list(args.overrides))
     out = Path(args.out)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -218,70 +217,10 @@ def fit_options(args) -> dict:
 # points files
 
 
-def describe_fit(fit, *, x_unit_values=None) -> list[str]:
-    """Human lines for one fit: parameters, plasticity, interval, goodness and the points' fate."""
-    from npu_retu.report.plots import flops_scale
-
-    scale, unit = flops_scale(fit.x if x_unit_values is None else x_unit_values)
-    c_mid = f"{fit.C_mid:.4g}" + (f" ({fit.C_mid / scale:.4g} {unit})" if scale > 1 else "")
-    ci = f"  [{100 * fit.ci_level:g}% CI {fit.a_ci[0]:.2f}, {fit.a_ci[1]:.2f}]" if fit.a_ci is not None else ""
-    n_val = len(fit.x) - fit.n_fit
-    if fit.method == "robust":
-        method = f"robust: Stage 1 modified z-score (tau={fit.tau:g})"
-        method += f", Stage 2 LTS (alpha={fit.alpha:g}, h={fit.lts_h})" if fit.use_lts else ", no LTS"
-    else:
-        method = "least squares (not robust)"
-    lines = [
-        f"  A (ceiling)        {fit.A:.2f}{ci}",
-        f"  P_start            {fit.P_start:.2f} ({'fixed' if fit.p_start_fixed else 'fitted'})",
-        f"  PL = A - P_start   {fit.plasticity:.2f}",
-        f"  B                  {fit.B:.3g}",
-        f"  C_mid              {c_mid}",
-        f"  method             {method}",
-        f"  points             {len(fit.x)}: {fit.n_fit} fit ({sum(fit.inlier_mask)} inliers; dropped: "
-        f"{len(fit.stage1_outliers)} by Stage 1, {len(fit.lts_trimmed)} by LTS), {n_val} validation",
-        f"  RMSE val           {'-' if fit.rmse_val is None else f'{fit.rmse_val:.3f}'}",
-        f"  R² fit             {fit.r2_fit:.3f}",
-    ]
-    lines += [f"  note: {note}" for note in fit.notes]
-    return lines
-
-
-POINTS_CSV_FIELDS = ("input", "equation", "n_points", "P_start", "A", "A_ci_low", "A_ci_high", "ci_level", "PL", "C_mid",
-                     "B", "method", "use_lts", "alpha", "n_stage1_outliers", "n_lts_trimmed", "rmse_val", "r2_fit")
-
-
-def _points_record(path: Path, fit) -> dict:
-    return {
-        "input": str(path), "equation": "Eq. 12" if fit.p_start_fixed else "Eq. 11", "n_points": len(fit.x),
-        "P_start": fit.P_start, "A": fit.A, "A_ci_low": None if fit.a_ci is None else fit.a_ci[0],
-        "A_ci_high": None if fit.a_ci is None else fit.a_ci[1], "ci_level": fit.ci_level, "PL": fit.plasticity,
-        "C_mid": fit.C_mid, "B": fit.B, "method": fit.method, "use_lts": fit.use_lts, "alpha": fit.alpha,
-        "n_stage1_outliers": len(fit.stage1_outliers), "n_lts_trimmed": len(fit.lts_trimmed),
-        "rmse_val": fit.rmse_val, "r2_fit": fit.r2_fit,
-    }
-
-
-def _points_markdown(records: list[dict]) -> str:
-    def number(value, spec):
-        return "-" if value is None else format(value, spec)
-
-    lines = ["| input | eq. | points | P_start | PL | A (CI) | C_mid | B | method | LTS | outliers | RMSE val | R² fit |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"]
-    for r in records:
-        ci = "" if r["A_ci_low"] is None else f" [{r['A_ci_low']:.2f}, {r['A_ci_high']:.2f}]"
-        lts = f"yes (α={r['alpha']:g})" if r["use_lts"] else "no"
-        lines.append(
-            f"| {r['input']} | {r['equation']} | {r['n_points']} | {r['P_start']:.2f} | {r['PL']:.2f} | {r['A']:.2f}{ci} "
-            f"| {r['C_mid']:.4g} | {r['B']:.3g} | {r['method']} | {lts} | {r['n_stage1_outliers'] + r['n_lts_trimmed']} "
-            f"| {number(r['rmse_val'], '.3f')} | {r['r2_fit']:.3f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def run_points(files: list[Path], args, options: dict) -> int:
     from npu_retu.ceiling.fit import CeilingFitError, fit_ceiling
     from npu_retu.ceiling.tables import json_safe
+    from npu_retu.report.fit_text import describe_fit, points_markdown, points_record, write_points_csv, write_text
 
     fits = []
     for path in files:
@@ -293,16 +232,16 @@ def run_points(files: list[Path], args, options: dict) -> int:
 
     plots = []
     if args.plot:
-        from npu_retu.report.plots import plot_ceiling_fit
+        from npu_retu.report.plots import plot_ceiling_fit, tagged_path
 
         for path, fit in zip(files, fits):
             target = Path(args.plot) if len(files) == 1 else tagged_path(Path(args.plot), path.stem)
             plots.append(str(plot_ceiling_fit(fit, target, title=f"Ceiling fit: {path.name}", x_label="compute")))
-    records = [_points_record(path, fit) for path, fit in zip(files, fits)]
+    records = [points_record(path, fit) for path, fit in zip(files, fits)]
     if args.csv:
-        _write_csv(Path(args.csv), POINTS_CSV_FIELDS, records)
+        write_points_csv(Path(args.csv), records)
     if args.markdown:
-        _write_text(Path(args.markdown), _points_markdown(records))
+        write_text(Path(args.markdown), points_markdown(records))
 
     if args.json:
         print(json.dumps(json_safe({
@@ -325,9 +264,11 @@ def run_points(files: list[Path], args, options: dict) -> int:
 
 def run_branches(runs: list[tuple[Path, str]], args, options: dict) -> int:
     from npu_retu.ceiling.tables import (
-        branch_from_rl_run, branch_sort_key, format_markdown, format_text, json_safe, min_loss_correlation,
-        plasticity_rows, rows_to_json, write_csv,
+        branch_from_rl_run, branch_sort_key, json_safe, min_loss_correlation, plasticity_rows, rows_to_json,
     )
+    from npu_retu.report.fit_text import describe_correlation, describe_fit, write_text
+    from npu_retu.report.plasticity_table import format_markdown, format_text, write_csv
+    from npu_retu.report.plots import draw_branch_plots
 
     if args.p_start is not None:
         raise UserError("--p-start is for points files: an RL branch's P_start is fixed to its score at RL step 0 (Eq. 12)")
@@ -345,7 +286,7 @@ def run_branches(runs: list[tuple[Path, str]], args, options: dict) -> int:
         text = format_markdown(rows) + "\n"
         if correlation is not None:
             text += "\n" + "\n".join(describe_correlation(correlation)) + "\n"
-        _write_text(Path(args.markdown), text)
+        write_text(Path(args.markdown), text)
 
     if args.json:
         print(json.dumps({"rows": rows_to_json(rows), "correlation": json_safe(correlation), "plots": plots,
@@ -366,80 +307,8 @@ def run_branches(runs: list[tuple[Path, str]], args, options: dict) -> int:
     return 0
 
 
-def draw_branch_plots(path: Path, branches, rows, correlation) -> tuple[list[str], str | None]:
-    """The figures for RL branches: the fit of a lone branch; else one SFT-then-RL plot per SFT
-    dataset (Pure-RL branches appear in each, starting from the base) and the Figure 5a correlation.
-
-    Returns (written paths, a note when a requested figure could not be drawn).
-    """
-    from npu_retu.ceiling.tables import sft_phase_spans
-    from npu_retu.report.plots import plot_ceiling_fit, plot_min_loss_correlation, plot_plasticity
-
-    if len(branches) == 1:
-        if rows[0].fit is None:
-            return [], f"no plot: the fit of {rows[0].name} failed ({rows[0].error})"
-        title = f"Eq. 12 fit: {rows[0].name} ({rows[0].dataset}, SFT step {rows[0].sft_step})"
-        return [str(plot_ceiling_fit(rows[0].fit, path, title=title))], None
-
-    fit_of = {id(branch): row.fit for branch, row in zip(branches, rows)}  # rows[i] is branches[i]
-    pure_rl = [b for b in branches if b.is_pure_rl]
-    datasets = sorted({b.dataset for b in branches if not b.is_pure_rl})
-    groups = [(d, [b for b in branches if b.dataset == d] + pure_rl) for d in datasets] or [("Pure-RL", pure_rl)]
-    written = []
-    for dataset, group in groups:
-        target = path if len(groups) == 1 else tagged_path(path, dataset)
-        sft_runs = [b.sft_run for b in group if b.sft_run]
-        spans = None
-        if sft_runs:
-            try:
-                spans = sft_phase_spans(max(set(sft_runs), key=sft_runs.count))
-            except UserError:
-                spans = None  # the table already read phases.json; a plot goes on without shading
-        sft_curve = sorted((b.sft_flops, b.p_sft) for b in group)
-        written.append(str(plot_plasticity(
-            target, sft_curve=sft_curve, branches=group, fits=[fit_of[id(b)] for b in group], phase_spans=spans,
-            title=f"SFT-then-RL on {dataset}: Eq. 12 fits per SFT checkpoint",
-        )))
-    if correlation is not None and len(correlation["datasets"]) >= 2:
-        written.append(str(plot_min_loss_correlation(correlation, tagged_path(path, "min-loss"))))
-    return written, None
-
-
-def describe_correlation(correlation: dict) -> list[str]:
-    """Human lines for :func:`~npu_retu.ceiling.tables.min_loss_correlation`."""
-    lines = ["minimum SFT validation loss vs best A_post per SFT dataset (§6.2.2, Figure 5a):",
-             f"  {'SFT data':<24} {'L_min':>8} {'best A_post':>11}  (SFT step)"]
-    for d in correlation["datasets"]:
-        lines.append(f"  {d['dataset']:<24} {d['min_val_loss']:>8.4f} {d['best_A_post']:>11.2f}  ({d['best_sft_step']})")
-    if correlation["r"] is not None:
-        lines.append(f"  Pearson r = {correlation['r']:.3f} (p = {correlation['p_value']:.3g}, {correlation['n']} datasets)")
-    else:
-        lines.append(f"  Pearson r: n/a ({correlation['reason']})")
-    return lines
-
-
 # --------------------------------------------------------------------------------------------
 # output helpers
-
-
-def tagged_path(path: Path, tag: str) -> Path:
-    """``PATH-<tag>.png`` beside ``PATH`` (tag reduced to safe file-name characters)."""
-    safe = re.sub(r"[^A-Za-z0-9._+-]+", "_", tag).strip("_") or "plot"
-    return path.with_name(f"{path.stem}-{safe}{path.suffix or '.png'}")
-
-
-def _write_csv(path: Path, fields, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for record in records:
-            writer.writerow({k: "" if record[k] is None else record[k] for k in fields})
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
 
 
 def _print_outputs(plots: list[str], args) -> None:

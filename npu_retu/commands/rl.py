@@ -16,8 +16,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from npu_retu.commands.sft import resolve_config_path
     from npu_retu.config import load_config
+    from npu_retu.configs import resolve_config_path
     from npu_retu.trainer.rl import train_rl
 
     overrides = list(args.overrides)

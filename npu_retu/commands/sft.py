@@ -13,16 +13,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--skip-bad-rows", action="store_true", help="count and skip malformed data rows instead of stopping (same as data.skip_bad_rows=true)")
 
 
-def resolve_config_path(name: str):
-    from pathlib import Path
-
-    from npu_retu.configs import config_path
-
-    return Path(name) if Path(name).is_file() else config_path(name)
-
-
 def run(args) -> int:
     from npu_retu.config import load_config
+    from npu_retu.configs import resolve_config_path
+    from npu_retu.report.summary import print_sft_summary
     from npu_retu.trainer.sft import train_sft
 
     overrides = list(args.overrides) + (["data.skip_bad_rows=true"] if args.skip_bad_rows else [])
@@ -38,19 +32,3 @@ def run(args) -> int:
     result = train_sft(cfg, resume=args.resume, overwrite=args.overwrite)
     print_sft_summary(result)
     return 0
-
-
-def print_sft_summary(result) -> None:
-    from npu_retu.commands.phases import format_phase_table
-
-    print(f"\nrun folder: {result.run_dir}")
-    print(f"steps: {result.steps}, training compute: {result.flops:.4g} FLOPs")
-    if result.phase_report is not None:
-        print(format_phase_table(result.phase_report))
-        if result.first_decision is not None:
-            d = result.first_decision
-            print(f"online monitor: {d.action} at step {d.step} -> checkpoint step {d.checkpoint_step} ({d.reason})")
-        if result.picked_checkpoint is not None:
-            print(f"picked checkpoint: {result.picked_checkpoint}")
-        else:
-            print("picked checkpoint: none (no validation point with a checkpoint in the chosen sub-phase)")

@@ -1,7 +1,7 @@
 """The DeepSpeed training engine: ZeRO stages 0-3 behind the same interface as the local engine.
 
-The trainer sees the same five calls as with :class:`npu_retu.engine.local.LocalEngine`
-(``forward_backward``, ``step``, ``evaluate_sums``, checkpoint files, ``save_pretrained``). Inside:
+The trainer sees the same interface as with :class:`npu_retu.engine.local.LocalEngine` (``module``
+/ ``model``, ``backward``, ``step``, checkpoint files, ``save_pretrained``). Inside:
 
 * the DeepSpeed accelerator is the device layer's device type (``DS_ACCELERATOR``: cpu / cuda /
   npu), and torch.distributed runs on the device layer's backend (gloo / nccl / hccl);
@@ -9,18 +9,18 @@ The trainer sees the same five calls as with :class:`npu_retu.engine.local.Local
   DeepSpeed's CPU Adam when the optimizer states are offloaded (ZeRO-Offload);
 * the learning-rate schedule is the local engine's warmup + decay, stepped by DeepSpeed at each
   gradient-accumulation boundary;
-* gradient accumulation is DeepSpeed's: one ``backward`` + ``step`` per micro-batch, the optimizer
-  runs at the boundary.
+* gradient accumulation is DeepSpeed's, with the boundary set by the trainer: ``backward(loss,
+  last=True)`` on a rank's last micro-batch of the optimizer step, then ``step()``.
 
 Resume reads DeepSpeed's files with ``torch.load(weights_only=True)`` and an allowlist of the three
 non-tensor classes its ZeRO checkpoints hold: DeepSpeed's own loader unpickles with
 ``weights_only=False``, which runs whatever code a crafted shard names.
 
-Loss scaling: the trainer passes the token count of the whole optimizer step (all micro-batches of
-all ranks), so each micro-batch contributes ``loss_sum / num_loss_tokens``: the sum of these over
-micro-batches and ranks is the token mean of Eq. 1. DeepSpeed *averages* gradients over the
-data-parallel ranks, so the loss is multiplied by the number of ranks first, and ``backward`` is
-told not to divide by the accumulation steps.
+Loss scaling: the trainer divides each micro-batch's loss by the count of the whole optimizer step
+(all micro-batches of all ranks), so that the sum over micro-batches and ranks is the step's token
+mean (Eq. 1, Eq. 3). DeepSpeed *averages* gradients over the data-parallel ranks, so the loss is
+multiplied by the number of ranks first, and ``backward`` is told not to divide by the
+accumulation steps.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from npu_retu.config import EngineConfig, OptimConfig
-from npu_retu.engine.local import build_scheduler, next_token_loss_sum, param_groups
+from npu_retu.engine.local import build_scheduler, param_groups
 from npu_retu.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -174,14 +174,12 @@ class DeepSpeedEngine:
         world_size: int,
         micro_batch_size: int,
         grad_accum_steps: int,
-        loss_kernels: str = "unfused",
     ):
         from npu_retu.distributed.process_group import ensure_single_process_group
 
         deepspeed = import_deepspeed(backend)
         ensure_single_process_group(backend)  # DeepSpeed always needs a process group, even of one
         self.world_size = world_size
-        self.loss_kernels = loss_kernels
         self.backend = backend
         self.engine_cfg = engine_cfg
         self.precision = resolve_precision(engine_cfg, backend)
@@ -207,23 +205,17 @@ class DeepSpeedEngine:
 
     # ---- training -------------------------------------------------------------------------------
 
-    def forward_backward(self, batch: dict[str, torch.Tensor], num_loss_tokens: int) -> dict[str, float]:
-        """One micro-batch: loss_sum / num_loss_tokens (the step's tokens over all ranks), backward.
-
-        Between boundaries DeepSpeed's ``step`` only counts the micro-batch; the optimizer runs
-        in :meth:`step`, after the last micro-batch of the optimizer step.
-        """
-        loss_sum, n_tokens = self._loss_sum(batch, self.ds)
-        scaled = loss_sum * (self.world_size / max(1, num_loss_tokens))
-        self.ds.backward(scaled, scale_wrt_gas=False)
-        if not self.ds.is_gradient_accumulation_boundary():
-            self.ds.step()
-        return {"loss_sum": float(loss_sum.detach()), "tokens": n_tokens}
+    @property
+    def module(self) -> Any:
+        """What a training forward runs through: DeepSpeed's engine (its forward prepares the
+        backward; ZeRO-3 gathers the parameters). The model's methods (``get_decoder``,
+        ``get_output_embeddings``, ...) pass through it; its ``config`` is DeepSpeed's own."""
+        return self.ds
 
     def backward(self, loss, *, last: bool) -> None:
         """Backpropagate one micro-batch's share of a step's loss (already divided by the step's
-        global token count, as the RL update does); ``last`` marks this rank's final micro-batch of
-        the optimizer step, where DeepSpeed reduces the gradients (every rank must reach it once)."""
+        global count); ``last`` marks this rank's final micro-batch of the optimizer step, where
+        DeepSpeed reduces the gradients (every rank must reach it once)."""
         self.ds.set_gradient_accumulation_boundary(last)
         self.ds.backward(loss * self.world_size, scale_wrt_gas=False)
 
@@ -235,34 +227,6 @@ class DeepSpeedEngine:
         self.ds.step()
         grad_norm = self.ds.get_global_grad_norm()
         return {"grad_norm": float(grad_norm) if grad_norm is not None else float("nan"), "lr": lr}
-
-    def _loss_sum(self, batch, module) -> tuple[torch.Tensor, int]:
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        if self.loss_kernels != "unfused":  # the fused loss reads the module's decoder and head itself
-            return next_token_loss_sum(self.model, batch, self.loss_kernels)
-        return next_token_loss_sum(module, batch)
-
-    @torch.no_grad()
-    def evaluate_sums(self, batches, *, pad_to: int | None = None) -> tuple[float, int]:
-        """Summed validation loss and token count over ``batches`` (this rank's share).
-
-        Under ZeRO-3 every forward gathers parameters from all ranks, so every rank must run the
-        same number of forwards: ``pad_to`` repeats the first batch (its result discarded).
-        """
-        self.ds.eval()
-        total, count = 0.0, 0
-        batches = list(batches)
-        runs = max(len(batches), pad_to or 0)
-        for i in range(runs):
-            batch = batches[i] if i < len(batches) else (batches[0] if batches else None)
-            if batch is None:
-                break
-            loss_sum, n = self._loss_sum(batch, self.ds)
-            if i < len(batches):
-                total += float(loss_sum)
-                count += n
-        self.ds.train()
-        return total, count
 
     # ---- checkpoints --------------------------------------------------------------------------
 

@@ -1,9 +1,11 @@
 """The local training engine: one process, one device, plain PyTorch.
 
 It owns the model, the AdamW optimizer and the learning-rate schedule, and exposes the engine
-interface the trainers use (DESIGN.md, "Interfaces"): ``forward_backward(batch, num_loss_tokens)``,
-``step()``, ``evaluate_sums(batches)``, ``state_dict()`` / ``load_state_dict()``,
-``save_engine_files(dir)`` / ``load_engine_files(dir)`` and ``save_pretrained(dir, tokenizer)``.
+interface the trainers use (DESIGN.md, "Interfaces"): ``module`` (what a training forward runs
+through) and ``model`` (the Hugging Face model in it), ``backward(loss, last=...)``, ``step()``,
+``state_dict()`` / ``load_state_dict()``, ``save_engine_files(dir)`` / ``load_engine_files(dir)``
+and ``save_pretrained(dir, tokenizer)``. The losses are not the engine's: the trainers build them
+from :mod:`npu_retu.algos.losses` and hand the engine the result.
 :class:`npu_retu.engine.deepspeed_engine.DeepSpeedEngine` implements the same interface.
 
 With several ranks (``world_size > 1``, torch.distributed initialised) it is plain data parallel:
@@ -17,9 +19,9 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from npu_retu.config import OptimConfig
+from npu_retu.distributed.process_group import all_reduce_gradients
 from npu_retu.errors import UserError
 
 
@@ -64,46 +66,13 @@ def build_scheduler(optimizer, optim: OptimConfig, total_steps: int) -> torch.op
     )
 
 
-def next_token_loss_sum(model, batch: dict[str, torch.Tensor], kernels: str = "unfused") -> tuple[torch.Tensor, int]:
-    """Sum of the next-token negative log-likelihood over label tokens (Eq. 1), and their count.
-
-    ``batch`` is already on the model's device. ``kernels`` other than "unfused" take the label
-    tokens' log-probs from the fused kernel (hidden states and LM head in, no ``[B, S, V]`` logits);
-    "auto" lets the device layer pick the implementation.
-    """
-    if kernels != "unfused":
-        from npu_retu.algos.logprobs import hidden_states_and_head
-        from npu_retu.kernels import fused_linear_logprobs
-
-        hidden, head = hidden_states_and_head(model, batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
-        labels = batch["labels"][:, 1:]
-        keep = labels != -100
-        logp = fused_linear_logprobs(hidden[:, :-1][keep], head, labels[keep], impl=None if kernels == "auto" else kernels)[0]
-        return -logp.sum(), int(keep.sum())
-    # use_cache=False: training needs no KV cache, and with one transformers ignores the
-    # restarted position_ids of packed sequences (documents would attend to each other).
-    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"), "use_cache": False}
-    if "position_ids" in batch:
-        kwargs["position_ids"] = batch["position_ids"]
-    logits = model(**kwargs).logits
-    labels = batch["labels"]
-    shifted_logits = logits[:, :-1, :].float()
-    shifted_labels = labels[:, 1:]
-    loss_sum = F.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.size(-1)), shifted_labels.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    return loss_sum, int((shifted_labels != -100).sum())
-
-
 class LocalEngine:
     """Single-process engine: model + AdamW + warmup/decay schedule + gradient clipping."""
 
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig, total_steps: int, device: torch.device, world_size: int = 1,
-                 loss_kernels: str = "unfused"):
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, total_steps: int, device: torch.device, world_size: int = 1):
         self.model = model.to(device)
         self.device = device
         self.world_size = world_size
-        self.loss_kernels = loss_kernels
         self.optim_cfg = optim
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps
@@ -111,48 +80,20 @@ class LocalEngine:
         self.scheduler = build_scheduler(self.optimizer, optim, total_steps)
         self.model.train()
 
-    def forward_backward(self, batch: dict[str, torch.Tensor], num_loss_tokens: int) -> dict[str, float]:
-        """Next-token loss on one micro-batch, backpropagated with weight 1 / ``num_loss_tokens``.
+    @property
+    def module(self) -> torch.nn.Module:
+        """What a training forward runs through: here the model itself."""
+        return self.model
 
-        ``num_loss_tokens`` is the number of loss tokens in the whole optimizer step (all
-        micro-batches), so the accumulated gradient is the token mean of Eq. 1 however the step
-        is split into micro-batches.
-        """
-        loss_sum, n_tokens = self.loss_sum(batch)
-        (loss_sum / max(1, num_loss_tokens)).backward()
-        return {"loss_sum": float(loss_sum.detach()), "tokens": n_tokens}
-
-    def backward(self, loss, *, last: bool = True) -> None:
-        """Backpropagate a loss already scaled by the step's global token count (the RL update);
-        gradients accumulate until :meth:`step`. ``last`` matters to DeepSpeed only."""
+    def backward(self, loss: torch.Tensor, *, last: bool = True) -> None:
+        """Backpropagate one micro-batch's loss, already divided by the optimizer step's global count
+        (token mean of the whole step); gradients accumulate until :meth:`step`. ``last`` (this
+        rank's last micro-batch of the step) matters to DeepSpeed only."""
         loss.backward()
-
-    def loss_sum(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Sum of the next-token negative log-likelihood over label tokens, and their count."""
-        return next_token_loss_sum(self.model, {k: v.to(self.device) for k, v in batch.items()}, self.loss_kernels)
-
-    @torch.no_grad()
-    def evaluate_sums(self, batches, *, pad_to: int | None = None) -> tuple[float, int]:
-        """Summed validation loss and its token count over ``batches`` (eval mode, no gradients).
-
-        ``pad_to`` exists for the DeepSpeed engine's interface (ZeRO-3 needs equal forward counts
-        on every rank); here it changes nothing.
-        """
-        was_training = self.model.training
-        self.model.eval()
-        total, count = 0.0, 0
-        for batch in batches:
-            loss_sum, n = self.loss_sum(batch)
-            total += float(loss_sum)
-            count += n
-        self.model.train(was_training)
-        return total, count
 
     def step(self) -> dict[str, float]:
         """Sum gradients over the ranks, clip, apply the optimizer, advance the schedule; returns the
         grad norm (before clipping) and lr."""
-        from npu_retu.distributed.process_group import all_reduce_gradients
-
         max_norm = self.optim_cfg.max_grad_norm
         all_reduce_gradients(list(self.model.parameters()), self.world_size)
         params = [p for p in self.model.parameters() if p.grad is not None]

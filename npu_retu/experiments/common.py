@@ -1,5 +1,6 @@
 """The stages the experiment runners share: an SFT run, an evaluation of SFT checkpoints, an RL
-branch from a checkpoint, and the report file.
+branch from a checkpoint, and the numbers their findings compare (stage times, interval overlap).
+The reports' Markdown pieces are in :mod:`npu_retu.report.markdown`.
 
 Each stage writes its result to ``<stage folder>/done.json`` when it finishes, so rerunning an
 experiment skips finished stages, continues an interrupted one from its newest checkpoint
@@ -196,11 +197,18 @@ def environment_line() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, Python {platform.python_version()}"
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+def stage_seconds(done: dict | list) -> float:
+    """Seconds a stage recorded: a stage's ``done.json``, or the sum over evaluation points."""
+    if isinstance(done, list):
+        return float(sum(point.get("seconds", 0.0) for point in done))
+    return float(done.get("seconds", 0.0))
+
+
+def separated(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
+    """Whether two intervals are known and do not overlap (a missing interval separates nothing)."""
+    if a is None or b is None:
+        return False
+    return a[1] < b[0] or b[1] < a[0]
 
 
 def save_config(cfg: Config, root: Path) -> None:

@@ -19,7 +19,8 @@ from typing import Any
 from npu_retu.config import Config
 from npu_retu.errors import UserError
 from npu_retu.experiments import common
-from npu_retu.experiments.report import Finding, findings_section, format_ci, header, separated, stage_seconds, table_section
+from npu_retu.experiments.common import separated, stage_seconds
+from npu_retu.report.markdown import Finding, findings_section, format_ci, header, table_section, write_text_atomic
 
 
 @dataclass
@@ -38,8 +39,9 @@ class DataSettings:
 
 
 def run_data(cfg: Config, out: Path, settings: DataSettings, *, say=print, quiet: bool = True) -> Path:
-    from npu_retu.ceiling.tables import branch_from_rl_run, min_loss_correlation, plasticity_rows, rows_to_json, write_csv
+    from npu_retu.ceiling.tables import branch_from_rl_run, min_loss_correlation, plasticity_rows, rows_to_json
     from npu_retu.report.metrics import write_json_atomic
+    from npu_retu.report.plasticity_table import write_csv
     from npu_retu.report.plots import plot_min_loss_correlation, plot_plasticity
 
     runs = out / "runs"
@@ -190,4 +192,4 @@ def _report(out, cfg, settings, sft_runs, rows, correlation, findings, seconds) 
     lines += ["", "![min loss vs ceiling](min_loss_vs_ceiling.png)", ""]
     lines += findings_section(findings)
     lines += ["Files: `plasticity.csv`, `results.json` (every number above), `runs/` (the runs themselves; not committed).", ""]
-    return common.write_text_atomic(out / "report.md", "\n".join(lines))
+    return write_text_atomic(out / "report.md", "\n".join(lines))

@@ -23,7 +23,8 @@ from typing import Any
 from npu_retu.config import Config
 from npu_retu.errors import UserError
 from npu_retu.experiments import common
-from npu_retu.experiments.report import Finding, findings_section, format_ci, header, separated, stage_seconds, table_section
+from npu_retu.experiments.common import separated, stage_seconds
+from npu_retu.report.markdown import Finding, findings_section, format_ci, header, table_section, write_text_atomic
 
 
 @dataclass
@@ -39,8 +40,9 @@ class ParadigmSettings:
 
 def run_paradigms(cfg: Config, out: Path, settings: ParadigmSettings, *, say=print, quiet: bool = True) -> Path:
     from npu_retu.ceiling.fit import CeilingFitError, fit_ceiling
-    from npu_retu.ceiling.tables import branch_from_rl_run, plasticity_rows, rows_to_json, sft_phase_spans, write_csv
+    from npu_retu.ceiling.tables import branch_from_rl_run, plasticity_rows, rows_to_json, sft_phase_spans
     from npu_retu.report.metrics import write_json_atomic
+    from npu_retu.report.plasticity_table import write_csv
     from npu_retu.report.plots import plot_plasticity
 
     runs = out / "runs"
@@ -290,4 +292,4 @@ def _report(out, cfg, settings, sft, pick, x_sft, budget, sft_points, rows, summ
     lines += ["![paradigms](paradigms.png)", ""]
     lines += findings_section(findings)
     lines += ["Files: `plasticity.csv`, `results.json` (every number above), `runs/` (the runs themselves; not committed).", ""]
-    return common.write_text_atomic(out / "report.md", "\n".join(lines))
+    return write_text_atomic(out / "report.md", "\n".join(lines))

@@ -16,7 +16,8 @@ from typing import Any
 
 from npu_retu.config import Config
 from npu_retu.experiments import common
-from npu_retu.experiments.report import Finding, findings_section, format_ci, header, separated, stage_seconds, table_section
+from npu_retu.experiments.common import separated, stage_seconds
+from npu_retu.report.markdown import Finding, findings_section, format_ci, header, table_section, write_text_atomic
 
 SUB_PHASES = ("adaptive", "stable", "mild", "severe")
 
@@ -63,9 +64,10 @@ def choose_branch_steps(sft_done: dict[str, Any], phases: tuple[str, ...] = SUB_
 
 def run_transition(cfg: Config, out: Path, settings: TransitionSettings, *, say=print, quiet: bool = True) -> Path:
     """Run (or finish) the experiment in ``out`` and write ``out/report.md``; returns the report path."""
-    from npu_retu.ceiling.tables import branch_from_rl_run, plasticity_rows, rows_to_json, write_csv
+    from npu_retu.ceiling.tables import branch_from_rl_run, plasticity_rows, rows_to_json
     from npu_retu.monitor.phases import build_report
     from npu_retu.report.metrics import write_json_atomic
+    from npu_retu.report.plasticity_table import write_csv
 
     runs = out / "runs"
     common.save_config(cfg, out)
@@ -189,7 +191,7 @@ def _plots(out: Path, phase_report: Any, sft: dict[str, Any], sft_curve: list[di
 
 
 def _report(out, cfg, settings, phase_report, sft, sft_curve, rows, branch_steps, findings, seconds) -> Path:
-    from npu_retu.commands.phases import format_phase_table
+    from npu_retu.report.phases import format_phase_table
 
     curve = sft["curve"]
     e = cfg.eval
@@ -234,4 +236,4 @@ def _report(out, cfg, settings, phase_report, sft, sft_curve, rows, branch_steps
     lines += ["![plasticity](plasticity.png)", ""]
     lines += findings_section(findings)
     lines += ["Files: `plasticity.csv`, `results.json` (every number above), `runs/` (the runs themselves; not committed).", ""]
-    return common.write_text_atomic(out / "report.md", "\n".join(lines))
+    return write_text_atomic(out / "report.md", "\n".join(lines))

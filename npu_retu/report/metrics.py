@@ -1,8 +1,13 @@
-"""Run metrics: one JSON object per line in ``metrics.jsonl`` plus TensorBoard events.
+"""Run metrics: one JSON object per line in ``metrics.jsonl`` plus TensorBoard events, and their
+reduction over the ranks of a data-parallel job.
 
 Every row carries ``step`` and cumulative ``flops`` (the paper's x-axis) next to its metrics.
 On resume from step ``s`` the rows after ``s`` (written by the run that crashed) are dropped, so
 the file reads as if the run had never stopped.
+
+With several ranks every rank measures its share (its micro-batches, its prompts);
+:func:`sum_over_ranks` adds named values up over the ranks in one all-reduce, and
+:class:`WeightedSums` accumulates weighted means (token-weighted, per optimizer step) for it.
 """
 
 from __future__ import annotations
@@ -12,9 +17,47 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+from npu_retu.distributed.process_group import all_reduce_sum
 
 METRICS_FILE = "metrics.jsonl"
+
+
+def sum_over_ranks(values: Mapping[str, float]) -> dict[str, float]:
+    """Each named value summed over all ranks, in one all-reduce (float64; SUM, as HCCL has no AVG
+    everywhere). Every rank must pass the same names. Not distributed: the values, as floats."""
+    names = sorted(values)
+    return dict(zip(names, all_reduce_sum([values[name] for name in names])))
+
+
+class WeightedSums:
+    """Weighted sums of named metrics on this rank; :meth:`over_ranks` adds them up over all ranks.
+
+    ``add(metrics, weight)`` adds ``weight * value`` to each name's sum and ``weight`` to its
+    weight; :meth:`mean` is then sum / weight (weights below 1 count as 1: a name that got no
+    weight anywhere reads 0). Every rank must add the same names (with weight 0 if it has none).
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, metrics: Mapping[str, float], weight: float = 1) -> None:
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value) * weight
+            self.weights[name] = self.weights.get(name, 0) + weight
+
+    def over_ranks(self) -> WeightedSums:
+        """The sums and weights of every rank added up (one all-reduce)."""
+        totals = sum_over_ranks({**{f"sum:{k}": v for k, v in self.sums.items()}, **{f"weight:{k}": w for k, w in self.weights.items()}})
+        out = WeightedSums()
+        out.sums = {k: totals[f"sum:{k}"] for k in self.sums}
+        out.weights = {k: totals[f"weight:{k}"] for k in self.weights}
+        return out
+
+    def mean(self, name: str) -> float:
+        return self.sums[name] / max(1, self.weights[name])
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:

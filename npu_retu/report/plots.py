@@ -8,6 +8,7 @@ this module costs nothing.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -379,3 +380,51 @@ def plot_min_loss_correlation(correlation: dict, path: str | Path, *, title: str
     finally:
         plt.close(fig)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# the figures of ``npu-retu fit --plot``
+
+
+def tagged_path(path: Path, tag: str) -> Path:
+    """``PATH-<tag>.png`` beside ``PATH`` (tag reduced to safe file-name characters)."""
+    safe = re.sub(r"[^A-Za-z0-9._+-]+", "_", tag).strip("_") or "plot"
+    return path.with_name(f"{path.stem}-{safe}{path.suffix or '.png'}")
+
+
+def draw_branch_plots(path: Path, branches, rows, correlation) -> tuple[list[str], str | None]:
+    """The figures for RL branches: the fit of a lone branch; else one SFT-then-RL plot per SFT
+    dataset (Pure-RL branches appear in each, starting from the base) and the Figure 5a correlation.
+
+    Returns (written paths, a note when a requested figure could not be drawn).
+    """
+    from npu_retu.ceiling.tables import sft_phase_spans
+
+    if len(branches) == 1:
+        if rows[0].fit is None:
+            return [], f"no plot: the fit of {rows[0].name} failed ({rows[0].error})"
+        title = f"Eq. 12 fit: {rows[0].name} ({rows[0].dataset}, SFT step {rows[0].sft_step})"
+        return [str(plot_ceiling_fit(rows[0].fit, path, title=title))], None
+
+    fit_of = {id(branch): row.fit for branch, row in zip(branches, rows)}  # rows[i] is branches[i]
+    pure_rl = [b for b in branches if b.is_pure_rl]
+    datasets = sorted({b.dataset for b in branches if not b.is_pure_rl})
+    groups = [(d, [b for b in branches if b.dataset == d] + pure_rl) for d in datasets] or [("Pure-RL", pure_rl)]
+    written = []
+    for dataset, group in groups:
+        target = path if len(groups) == 1 else tagged_path(path, dataset)
+        sft_runs = [b.sft_run for b in group if b.sft_run]
+        spans = None
+        if sft_runs:
+            try:
+                spans = sft_phase_spans(max(set(sft_runs), key=sft_runs.count))
+            except UserError:
+                spans = None  # the table already read phases.json; a plot goes on without shading
+        sft_curve = sorted((b.sft_flops, b.p_sft) for b in group)
+        written.append(str(plot_plasticity(
+            target, sft_curve=sft_curve, branches=group, fits=[fit_of[id(b)] for b in group], phase_spans=spans,
+            title=f"SFT-then-RL on {dataset}: Eq. 12 fits per SFT checkpoint",
+        )))
+    if correlation is not None and len(correlation["datasets"]) >= 2:
+        written.append(str(plot_min_loss_correlation(correlation, tagged_path(path, "min-loss"))))
+    return written, None

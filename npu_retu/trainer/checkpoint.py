@@ -61,7 +61,6 @@ def save_checkpoint(
     *,
     write_engine_files: Callable[[Path], None] | None = None,
     ranks: Any = None,
-    _after_model_hook: Callable[[], None] | None = None,
 ) -> Path:
     """Write a complete checkpoint for ``step`` atomically and return its folder.
 
@@ -98,8 +97,6 @@ def save_checkpoint(
         if not is_main:
             barrier()  # wait for rank 0's rename
             return final
-        if _after_model_hook is not None:  # tests use this to die mid-save
-            _after_model_hook()
         # through a Python file: torch.save on a path reports a full disk as a bare RuntimeError
         with open(tmp / TRAINER_STATE, "wb") as f:
             torch.save(trainer_state, f)

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from npu_retu.config import Config
 from npu_retu.errors import UserError
-from npu_retu.trainer.run_folder import check_resume_config, open_run_folder, record_config
 from npu_retu.report.metrics import write_json_atomic
+from npu_retu.trainer.run_folder import check_resume_config, open_run_folder, record_config
 
 
 @dataclass
@@ -52,6 +51,8 @@ def run_pipeline(cfg: Config, *, resume: bool = False, overwrite: bool = False, 
 
 
 def _run_pipeline(cfg: Config, root: Path, *, resume: bool, quiet: bool, say) -> PipelineResult:
+    from npu_retu.report.pipeline_report import write_report
+    from npu_retu.report.summary import print_sft_summary
     from npu_retu.trainer.rl import train_rl
     from npu_retu.trainer.sft import train_sft
 
@@ -69,8 +70,6 @@ def _run_pipeline(cfg: Config, root: Path, *, resume: bool, quiet: bool, say) ->
     else:
         say("pipeline: stage 1/2: SFT with the phase monitor")
         sft = train_sft(sft_cfg, resume=resume, overwrite=True, quiet=quiet)
-        from npu_retu.commands.sft import print_sft_summary
-
         if not quiet:
             print_sft_summary(sft)
         if sft.picked_checkpoint is None:
@@ -132,60 +131,3 @@ def compare_evaluations(rl_run: Path) -> dict[str, Any]:
         # the difference in standard errors (undefined when every per-problem difference is equal)
         "z": diff / stderr if stderr > 0 else None,
     }
-
-
-def write_report(root: Path, cfg: Config, sft_done: dict[str, Any], rl, comparison: dict[str, Any]) -> Path:
-    """``report.md`` with the SFT phase table, the RL evaluation curve and the start-vs-end comparison."""
-    from npu_retu.commands.phases import format_phase_table
-    from npu_retu.monitor.phases import build_report
-
-    lines = [f"# Run report: {cfg.run.name}", ""]
-    phases_file = root / "sft" / "phases.json"
-    lines += ["## SFT with the phase monitor", ""]
-    lines.append(f"SFT compute: {sft_done['flops']:.4g} FLOPs over {sft_done['steps']} steps; picked checkpoint: step {sft_done['picked_step']}.")
-    if phases_file.is_file():
-        saved = json.loads(phases_file.read_text(encoding="utf-8"))
-        report = build_report(
-            saved["steps"], saved["flops"], saved["losses"], saved["has_checkpoint"],
-            delta=saved["delta"], delta2=saved["delta2"], pick=saved["pick_mode"],
-        )
-        lines += ["", "```", format_phase_table(report), "```", "", "![validation loss](sft/phases.png)"]
-    lines += ["", f"## RL ({cfg.rl.algorithm}) from the picked checkpoint", ""]
-    lines.append(f"RL compute: {rl.flops:.4g} FLOPs over {rl.steps} steps (Appendix C, Eq. 22).")
-    if rl.evals:
-        lines += ["", "| RL step | RL FLOPs | score | ± s.e. | n | T | top-p | max tokens | problems |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for e in rl.evals:
-            lines.append(
-                f"| {e['step']} | {e['flops']:.4g} | {100 * e['avg_at_n']:.2f}% | {100 * e['avg_at_n_stderr']:.2f} | {e['n']} | {e['temperature']} "
-                f"| {e['top_p']} | {e['max_new_tokens']} | {e['num_problems']} |"
-            )
-    if comparison:
-        c = comparison
-        s, e = c["start"], c["end"]
-        lines += [
-            "",
-            "### Held-out accuracy: the SFT checkpoint vs the end of RL",
-            "",
-            f"* start (RL step {c['start_step']}, the SFT checkpoint): avg@{s['n']} = {100 * s['avg_at_n']:.2f}% ± {100 * s['avg_at_n_stderr']:.2f}",
-            f"* end (RL step {c['end_step']}): avg@{e['n']} = {100 * e['avg_at_n']:.2f}% ± {100 * e['avg_at_n_stderr']:.2f}",
-            f"* difference (paired over {e['num_problems']} problems): {100 * c['difference']:+.2f} points, "
-            f"standard error {100 * c['stderr']:.2f}, {_z_text(c['z'])} standard errors",
-            f"* sampling: n = {e['n']} per problem, temperature {e['temperature']}, top-p {e['top_p']}, max {e['max_new_tokens']} new tokens",
-        ]
-    try:
-        from npu_retu.report.plots import plot_rl_curve
-
-        plot_rl_curve(rl.evals, root / "rl" / "metrics.jsonl", root / "rl_curve.png", title=f"RL from the SFT pick: {cfg.run.name}")
-        lines += ["", "![RL curve](rl_curve.png)"]
-    except Exception as exc:  # a plot must never lose a finished run
-        lines += ["", f"(could not draw rl_curve.png: {exc})"]
-    path = root / "report.md"
-    tmp = root / "report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def _z_text(z: float | None) -> str:
-    return "n/a" if z is None else f"{z:.1f}"
-

@@ -2,14 +2,20 @@
 
 One plain loop, top to bottom; each RL step is
 
-    draw prompts -> rollout.generate (n per prompt) -> reward (process pool) -> group advantages
-    (Eq. 2) -> dynamic-sampling filter, refilling until the train batch is full or the draw budget
-    ends -> old log-probs (no grad) -> for each PPO epoch and mini-batch: log-probs -> clipped
-    policy loss (Eq. 3-4) -> optimizer step -> rollout.sync_weights
+    prompts -> rollout.generate (n per prompt) -> reward (process pool) -> group advantages (Eq. 2)
+    -> dynamic-sampling filter, drawing again until the train batch is full or the draw budget ends
+    -> old log-probs (no grad) -> for each PPO epoch and mini-batch: log-probs -> clipped policy
+    loss (Eq. 3-4) -> optimizer step -> rollout.sync_weights
 
 with held-out evaluation every ``rl.eval_every`` steps, so every run yields (cumulative RL compute,
 score) points for the ceiling fit (Eq. 11-12). Compute follows Appendix C, Eq. 22: every generated
 sequence costs one forward pass, every trained sequence three per PPO epoch.
+
+One function per stage: :func:`collect_groups` up to the filter (:func:`draw_groups` makes one
+generation batch, :func:`npu_retu.algos.fill_batch` is DAPO's filter and refill), and
+:func:`policy_update` from the old log-probs to the last optimizer step. The loss is the registered
+one that ``rl.algo.loss`` names (:mod:`npu_retu.algos.losses`; ``clipped`` by default); it picks
+its kernels (``rl.kernels``).
 
 ``resume=True`` continues exactly from the newest complete checkpoint: the weights, optimizer,
 schedule, prompt order and RNG are restored, and every rollout draws from a generator seeded by
@@ -27,15 +33,34 @@ token and is refused.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from npu_retu.config import Config
+import torch
+
+from npu_retu.algos import Group, PolicyBatch, RolloutBatch, advantages_of_group, build_loss, fill_batch
+from npu_retu.algos.logprobs import response_token_logprobs
+from npu_retu.config import Config, RLConfig
+from npu_retu.data.errors import BadRowCounter, DataError
+from npu_retu.data.schemas import RLExample, load_rl
+from npu_retu.data.tokenize import tokenize_prompt
+from npu_retu.distributed import process_group as pg
+from npu_retu.distributed.process_group import RankInfo
+from npu_retu.engine import build_engine
 from npu_retu.errors import UserError
-from npu_retu.trainer.run_folder import check_resume_config, open_run_folder, record_config
+from npu_retu.eval.runner import evaluate, merge_results
+from npu_retu.flops import ModelShape, tokens_flops
+from npu_retu.modeling import load_model, resolve_path
+from npu_retu.report.metrics import WeightedSums, sum_over_ranks, write_json_atomic
+from npu_retu.reward import make_reward
+from npu_retu.rollout import SamplingParams, TransformersRollout
+from npu_retu.trainer import checkpoint as ckpt
+from npu_retu.trainer.setup import Run, init_compute, open_run
 
 
 @dataclass
@@ -48,13 +73,13 @@ class RLResult:
 
 
 @dataclass
-class Group:
-    """One prompt's n rollouts with their rewards (what dynamic sampling keeps or drops)."""
+class Sample:
+    """One trajectory as the update trains on it."""
 
-    prompt_index: int
     prompt_ids: list[int]
-    trajectories: list[Any]  # npu_retu.rollout.Trajectory
-    rewards: list[float]
+    response_ids: list[int]
+    advantage: float  # its group's advantage (Eq. 2), every response token's A_{i,t}
+    rollout_logprobs: list[float]  # what the rollout engine sampled with (the drift metric)
 
 
 class PromptSampler:
@@ -91,24 +116,25 @@ class PromptSampler:
         self._order = self._plan(self.epoch)
 
 
+class Stopwatch:
+    """Seconds per stage of one step (``time/<stage>_s``): ``with timer("rollout"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds = {"rollout": 0.0, "reward": 0.0, "logprobs": 0.0, "update": 0.0}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - t0
+
+
 def rollout_seed(run_seed: int, step: int, draw: int, rank: int = 0) -> int:
     """The sampling seed of one generation batch (of one rank's share of it): a pure function of
     where it is in the run."""
     return (run_seed * 1_000_003 + step * 1_009 + draw + rank * 7_919_993) % (2**31)
-
-
-def evaluate_sharded(rollout, tokenizer, examples: list, reward_fn, ranks, **settings):
-    """:func:`npu_retu.eval.runner.evaluate` with the problems split over the ranks and the scores
-    gathered: every rank returns the result over all of ``examples``."""
-    from npu_retu.distributed.process_group import all_gather_objects
-    from npu_retu.eval.runner import evaluate, merge_results
-
-    mine = examples[ranks.rank :: ranks.world_size]
-    part = evaluate(rollout, tokenizer, mine, reward_fn, **settings) if mine else None
-    if not ranks.distributed:
-        return part
-    # shard r holds problems r, r + W, ...; ranks past the last problem evaluated nothing
-    return merge_results([p for p in all_gather_objects(part) if p is not None], ks=settings.get("ks", (1,)))
 
 
 def check_rl_scale(cfg: Config) -> None:
@@ -135,204 +161,89 @@ def train_rl(
     ``score(list of (response, ground truths)) -> list[float]``, ``stats()`` and ``close()``.
     The run folder is locked for the whole run, as for SFT.
     """
-    from npu_retu.device import get_backend, set_backend
-    from npu_retu.distributed import process_group as pg
-
     check_rl_scale(cfg)
-    if cfg.run.device != "auto":
-        set_backend(cfg.run.device)
-    backend = get_backend()
-    ranks = pg.init_process_group(backend, cfg.cluster.timeout_s)
-    say = (lambda *a: None) if quiet or not ranks.is_main else (lambda *a: print(*a, flush=True))
-    folder = open_run_folder(cfg.run.output_dir, cfg.run.name, resume=resume, overwrite=overwrite, is_main=ranks.is_main)
-    try:
-        return _train_rl(cfg, folder.path, ranks, backend, say, resume=resume, reward=reward, save_checkpoints=save_checkpoints)
-    finally:
-        folder.release()
+    backend, ranks, say = init_compute(cfg, quiet=quiet)
+    with open_run(cfg, backend, ranks, say, resume=resume, overwrite=overwrite, job="rl") as run:
+        return _train_rl(cfg, run, reward=reward, save_checkpoints=save_checkpoints)
 
 
-def _train_rl(cfg: Config, run_dir: Path, ranks, backend, say, *, resume: bool, reward: Any, save_checkpoints: bool) -> RLResult:
-    from npu_retu.algos import fill_batch
-    from npu_retu.data.errors import BadRowCounter
-    from npu_retu.distributed import process_group as pg
-    from npu_retu.engine import build_engine
-    from npu_retu.flops import ModelShape
-    from npu_retu.modeling import load_model, load_tokenizer
-    from npu_retu.report.metrics import MetricsLogger, NullLogger, write_json_atomic
-    from npu_retu.reward import make_reward
-    from npu_retu.rollout import SamplingParams, TransformersRollout
-    from npu_retu.trainer import checkpoint as ckpt
-
+def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> RLResult:
     rl, algo = cfg.rl, cfg.rl.algo
-    pg.barrier()  # rank 0 has prepared the folder
-    resume_from = ckpt.latest_checkpoint(run_dir) if resume else None
-    changes = check_resume_config(cfg, run_dir, say=say) if resume_from is not None else {}
-    pg.barrier()  # every rank has read the saved config before rank 0 replaces it
-    if ranks.is_main:
-        record_config(cfg, run_dir, changes, at=resume_from.name if resume_from else None)
-    pg.barrier()
-    backend.manual_seed(cfg.run.seed)
-
-    trust = cfg.model.trust_remote_code
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path, trust_remote_code=trust)
-    model = load_model(str(resume_from) if resume_from else cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation,
-                       trust_remote_code=trust)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-
+    backend, ranks, say = run.backend, run.ranks, run.say
     reference_model = None
     if algo.kl_coef > 0:  # the starting policy, frozen (never the resumed weights)
-        reference_model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation, trust_remote_code=trust)
+        reference_model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation,
+                                     trust_remote_code=cfg.model.trust_remote_code)
         reference_model = reference_model.to(backend.device()).eval()
         reference_model.requires_grad_(False)
 
     counter = BadRowCounter()
-    prompts, examples = load_rl_prompts(rl.train_files, tokenizer, rl.max_prompt_length, cfg.data.skip_bad_rows, counter)
+    prompts, examples = load_rl_prompts(rl.train_files, run.tokenizer, rl.max_prompt_length, cfg.data.skip_bad_rows, counter)
     test_examples = load_eval_examples(cfg, counter)
     sampler = PromptSampler(len(examples), cfg.run.seed, cfg.data.shuffle)
     optimizer_steps = rl.max_steps * rl.ppo_epochs * (rl.train_batch_prompts // rl.mini_batch_prompts)
     seqs_per_rank = -(-rl.mini_batch_prompts * algo.n // ranks.world_size)
     engine = build_engine(
-        cfg, model, total_steps=optimizer_steps, backend=backend, world_size=ranks.world_size,
+        cfg, run.model, total_steps=optimizer_steps, backend=backend, world_size=ranks.world_size,
         micro_batch_size=rl.micro_batch_size, grad_accum_steps=-(-seqs_per_rank // rl.micro_batch_size), optim=rl.optim,
     )
-    rollout = TransformersRollout(engine.model, tokenizer, batch_size=rl.rollout.batch_size)
-    shape = ModelShape.from_hf_config(model.config)
-    gen_batch = rl.gen_batch_prompts if algo.dynamic_sampling else rl.train_batch_prompts
-    max_draws = algo.max_draws if algo.dynamic_sampling else 1
+    loss_fn = rl_loss(rl)
+    rollout = TransformersRollout(engine.model, run.tokenizer, batch_size=rl.rollout.batch_size)
+    shape = ModelShape.from_hf_config(run.model.config)
 
     step, flops, elapsed, evals = 0, 0.0, 0.0, []
-    if resume_from is not None:
-        state = ckpt.load_trainer_state(resume_from)
-        engine.load_state_dict(state["engine"])
-        engine.load_engine_files(resume_from)
+    state = run.restore(engine)
+    if state is not None:
         sampler.load_state_dict(state["sampler"])
-        backend.set_rng_state(state["rng"])
         step, flops, elapsed, evals = state["step"], state["flops"], state["elapsed"], state["evals"]
-        say(f"rl: resumed from {resume_from} (step {step})")
-    logger = MetricsLogger(run_dir, resume_step=step if resume_from is not None else None) if ranks.is_main else NullLogger()
+        say(f"rl: resumed from {run.resume_from} (step {step})")
+    logger = run.logger(step)
     say(
         f"rl: {rl.algorithm} on {len(examples)} prompts, {rl.max_steps} steps of {rl.train_batch_prompts} prompts x "
         f"{algo.n} samples, evaluation on {len(test_examples)} problems every {rl.eval_every} steps, device {backend.name}, "
         f"engine {cfg.engine.name}" + (f", {ranks.world_size} ranks ({backend.dist_backend})" if ranks.distributed else "")
     )
-
     if reward is None:
         reward = make_reward(rl.reward.name, num_workers=rl.reward.num_workers, timeout_s=rl.reward.timeout_s)
-
-    def run_eval(at_step: int) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        e = cfg.eval
-        result = evaluate_sharded(
-            rollout,
-            tokenizer,
-            test_examples,
-            reward.score,
-            ranks,
-            n=e.n,
-            temperature=e.temperature,
-            top_p=e.top_p,
-            max_new_tokens=e.max_new_tokens or rl.max_response_length,
-            seed=e.seed,
-            ks=tuple(e.ks),
-        )
-        point = {"step": at_step, "flops": flops, **result.to_dict(), "summary": result.summary(), "seconds": time.perf_counter() - t0}
-        if ranks.is_main:
-            write_json_atomic(run_dir / "eval" / f"step-{at_step:06d}.json", point)
-        summary = {k: v for k, v in point.items() if k != "scores"}
-        logger.log(at_step, flops, {f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("step", "flops")})
-        say(f"rl: eval at step {at_step}: {result.summary()}")
-        return summary
-
-    def compute_spent(total: float) -> bool:
-        # rl.max_flops: a compute budget (Appendix C FLOPs) for compute-matched comparisons
-        return rl.max_flops > 0 and total >= rl.max_flops
+    evaluate_now = functools.partial(evaluate_policy, rollout, run, test_examples, reward, logger)
 
     try:
         if step == 0 and rl.eval_at_start and test_examples:
-            evals.append(run_eval(0))
-        while step < rl.max_steps and not compute_spent(flops):
-            timings = {"rollout": 0.0, "reward": 0.0, "logprobs": 0.0, "update": 0.0}
-            reward_before = reward.stats()
-            t_step = time.perf_counter()
-            generated: list[Group] = []
-            draw_index = [0]  # draws so far in this step (part of the sampling seed)
-
-            def draw() -> list[Group]:
-                # one generation batch: gen_batch prompts x n samples, scored; every rank draws the
-                # same prompts and generates every world_size-th of them
-                indices = sampler.take(gen_batch)
-                mine = indices[ranks.rank :: ranks.world_size]
-                params = SamplingParams(
-                    n=algo.n,
-                    temperature=rl.rollout.temperature,
-                    top_p=rl.rollout.top_p,
-                    max_new_tokens=rl.max_response_length,
-                    seed=rollout_seed(cfg.run.seed, step, draw_index[0], ranks.rank),
-                )
-                draw_index[0] += 1
-                groups = []
-                if mine:
-                    t0 = time.perf_counter()
-                    trajectories = rollout.generate([prompts[i] for i in mine], params)
-                    timings["rollout"] += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    rewards = reward.score([(t.text, examples[mine[t.prompt_index]].ground_truth) for t in trajectories])
-                    timings["reward"] += time.perf_counter() - t0
-                    groups = [
-                        Group(
-                            prompt_index=i,
-                            prompt_ids=prompts[i],
-                            trajectories=trajectories[j * algo.n : (j + 1) * algo.n],
-                            rewards=rewards[j * algo.n : (j + 1) * algo.n],
-                        )
-                        for j, i in enumerate(mine)
-                    ]
-                groups = pg.interleave(pg.all_gather_objects(groups))  # back in the order of `indices`
-                generated.extend(groups)
-                return groups
-
-            kept, ds_stats = fill_batch(
-                draw, rl.train_batch_prompts, max_draws, algo.n, filter=algo.dynamic_sampling
-            )
-            row: dict[str, Any] = {}
-            row.update(rollout_metrics(generated, kept))
-            row.update({f"ds/{k}": float(v) for k, v in ds_stats.items()})
-            gen_lens = [len(g.prompt_ids) + len(t.response_ids) for g in generated for t in g.trajectories]
+            evals.append(evaluate_now(0, flops))
+        while step < rl.max_steps and not compute_spent(rl, flops):
+            t_step, timer, reward_before = time.perf_counter(), Stopwatch(), reward.stats()
+            # prompts -> rollout -> reward -> group advantages (Eq. 2) -> dynamic-sampling filter
+            batch = collect_groups(step, sampler, prompts, examples, rollout, reward, rl, cfg.run.seed, ranks, timer)
+            row = {**rollout_metrics(batch.generated, batch.kept), **{f"ds/{k}": float(v) for k, v in batch.stats.items()}}
             train_lens: list[int] = []
-            if kept:
-                update_metrics, train_lens = policy_update(
-                    engine, kept, cfg, timings, pad_id=tokenizer.pad_token_id, seed=rollout_seed(cfg.run.seed, step, 997),
-                    reference_model=reference_model, ranks=ranks,
+            if batch.kept:
+                # old log-probs -> for each PPO epoch and mini-batch: log-probs -> loss (Eq. 3-4) -> step
+                update, train_lens = policy_update(
+                    engine, loss_fn, batch.kept, rl, timer, pad_id=run.tokenizer.pad_token_id,
+                    seed=rollout_seed(cfg.run.seed, step, 997), reference_model=reference_model, ranks=ranks,
                 )
-                row.update(update_metrics)
+                row.update(update)
                 row["train/tokens"] = float(rl.ppo_epochs * sum(train_lens))
-                rollout.sync_weights(engine.model)
+                rollout.sync_weights(engine.model)  # the next draw samples from the updated policy
             else:  # the draw budget ended with nothing to learn from: count the step, skip the update
                 row["train/skipped_update"] = 1.0
             backend.synchronize()
+            gen_lens = [len(g.prompt_ids) + len(t.response_ids) for g in batch.generated for t in g.trajectories]
             step_flops = rl_step_flops(shape, gen_lens, train_lens, rl.ppo_epochs)
-            step += 1
-            flops += step_flops
+            step, flops = step + 1, flops + step_flops
             dt = time.perf_counter() - t_step
             elapsed += dt
-            reward_stats = reward.stats()
-            step_counts = {k: float(v - reward_before.get(k, 0)) for k, v in reward_stats.items()}  # this step's counts
-            row.update({f"reward/{k}": v for k, v in zip(step_counts, pg.all_reduce_sum(list(step_counts.values())))})
-            row.update({f"time/{k}_s": v for k, v in timings.items()})
-            row["time/step_s"] = dt
-            row["train/step_flops"] = step_flops
-            row["rollout/tokens_per_s"] = sum(len(t.response_ids) for g in generated for t in g.trajectories) / max(1e-9, timings["rollout"])
+            row.update(step_metrics(batch, reward.stats(), reward_before, timer, dt, step_flops))
             logger.log(step, flops, row)
             say(
-                f"rl step {step:>4}  acc {row['rollout/accuracy']:.3f}  kept {ds_stats['groups_kept']}/{ds_stats['groups_generated']} "
-                f"in {ds_stats['draws']} draws  len {row['rollout/response_length_mean']:.0f}  "
+                f"rl step {step:>4}  acc {row['rollout/accuracy']:.3f}  kept {batch.stats['groups_kept']}/"
+                f"{batch.stats['groups_generated']} in {batch.stats['draws']} draws  len {row['rollout/response_length_mean']:.0f}  "
                 f"clip {row.get('actor/clipfrac', 0.0):.3f}  {dt:.1f}s"
             )
 
-            last_step = step == rl.max_steps or compute_spent(flops)
+            last_step = step == rl.max_steps or compute_spent(rl, flops)
             if rl.eval_every > 0 and test_examples and (step % rl.eval_every == 0 or last_step):
-                evals.append(run_eval(step))
+                evals.append(evaluate_now(step, flops))
             if save_checkpoints and (step % rl.save_every == 0 or last_step):
                 state = {
                     "step": step,
@@ -344,12 +255,7 @@ def _train_rl(cfg: Config, run_dir: Path, ranks, backend, say, *, resume: bool, 
                     "rng": backend.rng_state(),
                     "config": cfg.to_dict(),
                 }
-                ckpt.save_checkpoint(
-                    run_dir, step, lambda d: engine.save_pretrained(d, tokenizer, is_main=ranks.is_main), state,
-                    write_engine_files=engine.save_engine_files, ranks=ranks,
-                )
-                if ranks.is_main:
-                    ckpt.prune_checkpoints(run_dir, rl.keep_checkpoints)
+                run.save_checkpoint(step, engine, state, keep=rl.keep_checkpoints)
     finally:
         reward.close()
         logger.close()
@@ -357,138 +263,72 @@ def _train_rl(cfg: Config, run_dir: Path, ranks, backend, say, *, resume: bool, 
     if counter.skipped:
         say(counter.summary())
         if ranks.is_main:
-            say(f"rl: every skipped row is listed in {counter.write(run_dir / 'skipped_rows.jsonl')}")
+            say(f"rl: every skipped row is listed in {counter.write(run.dir / 'skipped_rows.jsonl')}")
     if ranks.is_main:
-        write_json_atomic(run_dir / "evals.json", evals)
+        write_json_atomic(run.dir / "evals.json", evals)
     pg.barrier()
-    return RLResult(run_dir=run_dir, steps=step, flops=flops, evals=evals, final_checkpoint=ckpt.latest_checkpoint(run_dir))
+    return RLResult(run_dir=run.dir, steps=step, flops=flops, evals=evals, final_checkpoint=ckpt.latest_checkpoint(run.dir))
+
+
+def rl_loss(rl: RLConfig) -> Any:
+    """The registered loss ``rl.algo.loss`` names, with the algorithm's settings, ``rl.kernels`` and
+    the log-probs at the rollout temperature."""
+    return build_loss(rl.algo.loss, algo=rl.algo, kernels=rl.kernels, temperature=rl.rollout.temperature)
+
+
+def compute_spent(rl: RLConfig, flops: float) -> bool:
+    """``rl.max_flops``: a compute budget (Appendix C FLOPs) for compute-matched comparisons."""
+    return rl.max_flops > 0 and flops >= rl.max_flops
 
 
 # --------------------------------------------------------------------------------------------
-# the update
+# prompts -> rollout -> reward -> advantages -> filter
 
 
-def policy_update(
-    engine, kept: list[Group], cfg: Config, timings: dict[str, float], *, pad_id: int, seed: int, reference_model=None,
-    ranks=None,
-) -> tuple[dict[str, float], list[int]]:
-    """Advantages (Eq. 2), old log-probs, then PPO epochs of clipped-loss mini-batch steps (Eq. 3-4).
+def collect_groups(
+    step: int, sampler: PromptSampler, prompts: list[list[int]], examples: list[RLExample], rollout: Any, reward: Any,
+    rl: RLConfig, run_seed: int, ranks: RankInfo, timer: Stopwatch,
+) -> RolloutBatch:
+    """One step's groups: generation batches of :func:`draw_groups` through DAPO's dynamic-sampling
+    filter (:func:`npu_retu.algos.fill_batch`) until ``rl.train_batch_prompts`` groups are kept or
+    ``rl.algo.max_draws`` batches were drawn; GRPO (no dynamic sampling): one batch, all kept."""
+    draw = functools.partial(draw_groups, step=step, sampler=sampler, prompts=prompts, examples=examples, rollout=rollout,
+                             reward=reward, rl=rl, run_seed=run_seed, ranks=ranks, timer=timer)
+    dynamic = rl.algo.dynamic_sampling
+    return fill_batch(draw, rl.train_batch_prompts, rl.algo.max_draws if dynamic else 1, rl.algo.n, filter=dynamic)
 
-    With several ranks (``ranks``) every rank holds all of ``kept`` and trains on every
-    world_size-th sequence of each mini-batch; the loss is normalised by the mini-batch's global
-    token and sequence counts and the engine sums the gradients, so the update equals one process's.
-    Returns the averaged metrics (over all ranks) and the token length of every trained sequence.
+
+def draw_groups(
+    draw: int, *, step: int, sampler: PromptSampler, prompts: list[list[int]], examples: list[RLExample], rollout: Any,
+    reward: Any, rl: RLConfig, run_seed: int, ranks: RankInfo, timer: Stopwatch,
+) -> list[Group]:
+    """Generation batch ``draw`` of step ``step``: the next prompts -> ``rl.algo.n`` rollouts each ->
+    rewards -> group advantages (Eq. 2).
+
+    Every rank takes the same prompts, generates and scores every world_size-th of them (seeded by
+    its place in the run, :func:`rollout_seed`), and the groups are gathered, so that every rank holds
+    the whole batch and makes the same dynamic-sampling decision.
     """
-    import torch
+    algo = rl.algo
+    indices = sampler.take(rl.gen_batch_prompts if algo.dynamic_sampling else rl.train_batch_prompts)
+    mine = indices[ranks.rank :: ranks.world_size]
+    groups = []
+    if mine:
+        params = SamplingParams(n=algo.n, temperature=rl.rollout.temperature, top_p=rl.rollout.top_p,
+                                max_new_tokens=rl.max_response_length, seed=rollout_seed(run_seed, step, draw, ranks.rank))
+        with timer("rollout"):
+            trajectories = rollout.generate([prompts[i] for i in mine], params)
+        with timer("reward"):
+            rewards = reward.score([(t.text, examples[mine[t.prompt_index]].ground_truth) for t in trajectories])
+        for j, i in enumerate(mine):
+            group_rewards = rewards[j * algo.n : (j + 1) * algo.n]
+            advantages = advantages_of_group(group_rewards, algo.adv_estimator, algo.normalize_std)
+            groups.append(Group(i, prompts[i], trajectories[j * algo.n : (j + 1) * algo.n], group_rewards, advantages))
+    return pg.interleave(pg.all_gather_objects(groups))  # back in the order of `indices`
 
-    from npu_retu.algos import ADVANTAGE_ESTIMATORS
-    from npu_retu.distributed import process_group as pg
-    from npu_retu.distributed.process_group import RankInfo
 
-    ranks = ranks or RankInfo()
-
-    rl, algo = cfg.rl, cfg.rl.algo
-    temperature = rl.rollout.temperature
-    estimator = ADVANTAGE_ESTIMATORS[algo.adv_estimator]
-    sequences, advantages, rollout_logps = [], [], []
-    for g in kept:
-        rewards = torch.tensor(g.rewards, dtype=torch.float32).view(1, -1)
-        adv = estimator(rewards, normalize_std=algo.normalize_std).view(-1)
-        for t, a in zip(g.trajectories, adv.tolist()):
-            sequences.append((g.prompt_ids, t.response_ids))
-            advantages.append(a)
-            rollout_logps.append(t.logprobs)
-    lengths = [len(p) + len(r) for p, r in sequences]
-    device = engine.device
-
-    # Which rank trains which sequence, decided up front (the same on every rank): the shuffled
-    # order of each PPO epoch, cut into mini-batches, every world_size-th sequence to a rank.
-    order_rng = random.Random(seed)
-    seqs_per_mini = rl.mini_batch_prompts * algo.n
-    epochs = []
-    for _epoch in range(rl.ppo_epochs):
-        order = list(range(len(sequences)))
-        order_rng.shuffle(order)
-        epochs.append(_chunks(order, seqs_per_mini))
-    my_sequences = sorted({i for minis in epochs for mini in minis for i in mini[ranks.rank :: ranks.world_size]})
-
-    # old log-probs: the policy that generated the samples, before any update of this step
-    t0 = time.perf_counter()
-    old_logps: dict[int, torch.Tensor] = {}
-    ref_logps: dict[int, torch.Tensor] = {}
-    with torch.no_grad():
-        for chunk in _chunks(my_sequences, rl.micro_batch_size):
-            batch = make_rl_batch([sequences[i] for i in chunk], pad_id, device)
-            old_logps.update(zip(chunk, sequence_logprobs(engine.model, batch, temperature, rl.kernels)))
-            if reference_model is not None:
-                ref_logps.update(zip(chunk, sequence_logprobs(reference_model, batch, temperature, rl.kernels)))
-    timings["logprobs"] += time.perf_counter() - t0
-    drift = [
-        (old_logps[i] - torch.tensor(rollout_logps[i], dtype=torch.float32)).abs().mean().item()
-        for i in my_sequences
-        if len(rollout_logps[i]) > 0
-    ]
-
-    t0 = time.perf_counter()
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    loss_totals: dict[str, float] = {}
-    optimizer_steps = 0
-
-    def add(metrics: dict[str, float], weight: int = 1) -> None:
-        for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * weight
-            counts[k] = counts.get(k, 0) + weight
-
-    for minis in epochs:
-        for mini in minis:
-            global_tokens = sum(len(sequences[i][1]) for i in mini)
-            micros = _chunks(mini[ranks.rank :: ranks.world_size], rl.micro_batch_size)
-            # a rank with no sequence in this mini-batch still joins the gradient reduction: one
-            # forward/backward on the mini-batch's first sequence, with weight 0
-            weight = 1.0 if micros else 0.0
-            micros = micros or [[mini[0]]]
-            for number, micro in enumerate(micros):
-                batch = make_rl_batch([sequences[i] for i in micro], pad_id, device)
-                width = batch["input_ids"].shape[1] - 1
-                mask = torch.zeros((len(micro), width), dtype=torch.float32, device=device)
-                old = torch.zeros((len(micro), width), dtype=torch.float32, device=device)
-                ref = torch.zeros((len(micro), width), dtype=torch.float32, device=device) if ref_logps else None
-                for row, i in enumerate(micro):
-                    start, end = batch["response_spans"][row]
-                    mask[row, start - 1 : end - 1] = 1.0
-                    if i in old_logps:  # (the zero-weight stand-in has no old log-probs here)
-                        old[row, start - 1 : end - 1] = old_logps[i].to(device)
-                    if ref is not None and i in ref_logps:
-                        ref[row, start - 1 : end - 1] = ref_logps[i].to(device)
-                adv = torch.tensor([advantages[i] for i in micro], dtype=torch.float32, device=device)  # one per sequence
-                counts_kw = {"global_token_count": global_tokens, "global_seq_count": len(mini)}
-                loss, metrics = micro_batch_loss(engine.model, batch, mask, old, adv, ref, cfg, counts_kw)
-                engine.backward(loss * weight, last=number == len(micros) - 1)
-                tokens = int(metrics.pop("tokens"))
-                for key in MINI_BATCH_SUMS:  # each micro-batch holds its share of the mini-batch loss
-                    if key in metrics:
-                        loss_totals[key] = loss_totals.get(key, 0.0) + weight * metrics.pop(key)
-                add(metrics, weight=tokens if weight else 0)  # (every rank must know the same names)
-            add(engine.step())
-            optimizer_steps += 1
-    timings["update"] += time.perf_counter() - t0
-
-    # token-weighted means over the step's micro-batches of every rank (grad_norm / lr, the same on
-    # every rank: mean over optimizer steps)
-    names, loss_names = sorted(sums), sorted(loss_totals)
-    totals = pg.all_reduce_sum(
-        [sums[k] for k in names] + [counts[k] for k in names] + [loss_totals[k] for k in loss_names] + [sum(drift), len(drift)]
-    )
-    sums = dict(zip(names, totals[: len(names)]))
-    counts = dict(zip(names, totals[len(names) : 2 * len(names)]))
-    loss_totals = dict(zip(loss_names, totals[2 * len(names) : 2 * len(names) + len(loss_names)]))
-    drift_sum, drift_count = totals[-2:]
-    out = {f"actor/{k}": sums[k] / max(1, counts[k]) for k in sums}
-    out.update({f"actor/{k}": v / max(1, optimizer_steps) for k, v in loss_totals.items()})  # mean mini-batch loss
-    out["actor/logprob_drift"] = drift_sum / max(1, drift_count)  # mean |logp_trainer - logp_rollout|
-    out["actor/advantage_abs_mean"] = sum(abs(a) for a in advantages) / max(1, len(advantages))
-    return out, lengths
+# --------------------------------------------------------------------------------------------
+# old log-probs -> mini-batch loss -> optimizer step
 
 
 # metrics that are a micro-batch's share of the mini-batch's loss (normalised by the mini-batch's
@@ -496,103 +336,110 @@ def policy_update(
 MINI_BATCH_SUMS = ("pg_loss", "kl_ref")
 
 
-def sequence_logprobs(model, batch: dict[str, Any], temperature: float, kernels: str) -> list:
-    """Each row's response-token log-probs at ``temperature`` (no grad), as a list of 1-D CPU tensors.
+def policy_update(
+    engine: Any, loss_fn: Any, groups: list[Group], rl: RLConfig, timer: Stopwatch, *, pad_id: int, seed: int,
+    reference_model: Any = None, ranks: RankInfo = RankInfo(),
+) -> tuple[dict[str, float], list[int]]:
+    """Old log-probs, then PPO epochs of mini-batch optimizer steps on ``loss_fn`` (Eq. 3-4).
 
-    On the fused path only the response positions reach the LM head, and no ``[B, S, V]`` logits
-    are built; ``unfused`` takes them from the model's full forward.
+    Every rank holds all of ``groups`` and trains on every world_size-th sequence of each
+    mini-batch; the loss is normalised by the mini-batch's global token and sequence counts and the
+    engine sums the gradients, so the update equals one process's. Returns the metrics (means over
+    every rank's micro-batches; ``actor/pg_loss`` the mean mini-batch loss) and the token length of
+    every trained sequence.
     """
-    import torch
+    samples = [Sample(g.prompt_ids, t.response_ids, a, t.logprobs) for g in groups for t, a in zip(g.trajectories, g.advantages)]
+    # Which rank trains which sequence, decided up front (the same on every rank): the shuffled
+    # order of each PPO epoch, cut into mini-batches, every world_size-th sequence to a rank.
+    order_rng = random.Random(seed)
+    epochs = []
+    for _epoch in range(rl.ppo_epochs):
+        order = list(range(len(samples)))
+        order_rng.shuffle(order)
+        epochs.append(_chunks(order, rl.mini_batch_prompts * rl.algo.n))
+    mine = sorted({i for minis in epochs for mini in minis for i in mini[ranks.rank :: ranks.world_size]})
 
-    from npu_retu.algos.logprobs import hidden_states_and_head, response_logprobs
-    from npu_retu.kernels import fused_linear_logprobs
+    with timer("logprobs"):  # the policy that generated the samples, before any update of this step
+        old = old_logprobs(engine.model, samples, mine, rl, pad_id, engine.device)
+        ref = old_logprobs(reference_model, samples, mine, rl, pad_id, engine.device) if reference_model is not None else None
 
-    spans = batch["response_spans"]
-    if kernels == "unfused":
-        logp, _ = response_logprobs(model, batch["input_ids"], batch["attention_mask"], temperature=temperature)
-        return [logp[row, start - 1 : end - 1].cpu() for row, (start, end) in enumerate(spans)]
-    hidden, head = hidden_states_and_head(model, batch["input_ids"], batch["attention_mask"])
-    width = batch["input_ids"].shape[1] - 1
-    mask = torch.zeros((len(spans), width), dtype=torch.bool, device=hidden.device)
-    for row, (start, end) in enumerate(spans):
-        mask[row, start - 1 : end - 1] = True
-    logp = fused_linear_logprobs(
-        hidden[:, :-1][mask], head, batch["input_ids"][:, 1:][mask], temperature=temperature,
-        impl=None if kernels == "auto" else kernels,
-    )[0]
-    return list(logp.cpu().split([end - start for start, end in spans]))
+    totals = WeightedSums()  # this rank's share, added up over the ranks at the end
+    totals.add({"logprob_drift": 0.0}, weight=0)  # mean |logp_trainer - logp_rollout|; every rank reports it
+    for i in mine:
+        if samples[i].rollout_logprobs:
+            drift = (old[i] - torch.tensor(samples[i].rollout_logprobs, dtype=torch.float32)).abs().mean().item()
+            totals.add({"logprob_drift": drift})
 
+    optimizer_steps = 0
+    with timer("update"):
+        for minis in epochs:
+            for mini in minis:
+                counts = {"global_token_count": sum(len(samples[i].response_ids) for i in mini), "global_seq_count": len(mini)}
+                micros = _chunks(mini[ranks.rank :: ranks.world_size], rl.micro_batch_size)
+                # a rank with no sequence in this mini-batch still joins the gradient reduction: one
+                # forward/backward on the mini-batch's first sequence, with weight 0
+                weight = 1.0 if micros else 0.0
+                micros = micros or [[mini[0]]]
+                for number, micro in enumerate(micros):
+                    batch = policy_batch(samples, micro, old, ref, pad_id, engine.device, **counts)
+                    loss, metrics = loss_fn(engine.module, batch)
+                    engine.backward(loss * weight, last=number == len(micros) - 1)
+                    tokens = int(metrics.pop("tokens"))
+                    totals.add({k: metrics.pop(k) for k in MINI_BATCH_SUMS if k in metrics}, weight=weight)
+                    totals.add(metrics, weight=tokens if weight else 0)  # token-weighted (every rank, the same names)
+                totals.add(engine.step())  # grad_norm, lr: means over the optimizer steps
+                optimizer_steps += 1
 
-def micro_batch_loss(model, batch, mask, old, adv, ref, cfg: Config, counts_kw: dict[str, Any]):
-    """One micro-batch's loss (clipped policy loss, + beta KL, - entropy bonus) and its metrics.
-
-    With no KL and no entropy bonus (GRPO / DAPO as the paper ran them) the fused path goes from the
-    hidden states to the loss in one kernel call (``fused_linear_policy_loss``); otherwise it takes
-    differentiable fused log-probs and entropy, then the fused loss; ``unfused`` is the plain path.
-    """
-    from npu_retu.algos import agg_loss, clipped_policy_loss, kl_penalty
-    from npu_retu.algos.logprobs import hidden_states_and_head, response_logprobs
-    from npu_retu import kernels
-
-    rl, algo = cfg.rl, cfg.rl.algo
-    temperature = rl.rollout.temperature
-    impl = None if rl.kernels == "auto" else rl.kernels
-    clip = {"eps_low": algo.clip_low, "eps_high": algo.clip_high, "clip_ratio_c": algo.dual_clip,
-            "log_ratio_clamp": algo.log_ratio_clamp, "agg": algo.loss_agg, **counts_kw}
-    ids, attention = batch["input_ids"], batch["attention_mask"]
-    if rl.kernels != "unfused" and ref is None and algo.entropy_coef == 0:
-        hidden, head = hidden_states_and_head(model, ids, attention)
-        loss, metrics = kernels.fused_linear_policy_loss(
-            hidden[:, :-1], head, ids[:, 1:], old, adv, mask, temperature=temperature, return_entropy=True, impl=impl, **clip
-        )
-        return loss, {**metrics, "pg_loss": float(loss.detach())}
-    if rl.kernels == "unfused":
-        logp, entropy = response_logprobs(
-            model, ids, attention, temperature=temperature, with_entropy=True, entropy_grad=algo.entropy_coef > 0
-        )
-        loss, metrics = clipped_policy_loss(
-            logp, old, adv, mask, clip_low=clip["eps_low"], clip_high=clip["eps_high"], dual_clip=clip["clip_ratio_c"],
-            log_ratio_clamp=clip["log_ratio_clamp"], agg=clip["agg"], **counts_kw,
-        )
-    else:
-        hidden, head = hidden_states_and_head(model, ids, attention)
-        logp, entropy = kernels.fused_linear_logprobs(
-            hidden[:, :-1], head, ids[:, 1:], temperature=temperature, return_entropy=True, impl=impl
-        )
-        if algo.entropy_coef == 0:
-            entropy = entropy.detach()
-        loss, metrics = kernels.clipped_policy_loss(logp, old, adv, mask, impl=impl, **clip)
-    metrics = {**metrics, "pg_loss": float(loss.detach())}
-    if ref is not None:  # beta * KL(pi || pi_ref), Eq. 3's penalty, with the chosen estimator
-        kl = agg_loss(kl_penalty(logp, ref, kind=algo.kl_kind), mask, algo.loss_agg, **counts_kw)
-        loss = loss + algo.kl_coef * kl
-        metrics["kl_ref"] = float(kl.detach())
-    if algo.entropy_coef > 0:  # an entropy bonus lowers the loss
-        loss = loss - algo.entropy_coef * agg_loss(entropy, mask, algo.loss_agg, **counts_kw)
-    metrics["entropy"] = float((entropy.detach() * mask).sum() / max(1.0, float(mask.sum())))
-    return loss, metrics
+    totals = totals.over_ranks()
+    out = {f"actor/{k}": totals.mean(k) for k in totals.sums if k not in MINI_BATCH_SUMS}
+    out.update({f"actor/{k}": totals.sums[k] / max(1, optimizer_steps) for k in MINI_BATCH_SUMS if k in totals.sums})
+    out["actor/advantage_abs_mean"] = sum(abs(s.advantage) for s in samples) / max(1, len(samples))
+    return out, [len(s.prompt_ids) + len(s.response_ids) for s in samples]
 
 
-def rl_step_flops(shape, generated_lengths: list[int], trained_lengths: list[int], ppo_epochs: int = 1) -> float:
-    """Compute of one RL step by Appendix C, Eq. 22: every generated sequence (all K draws) costs one
-    forward pass, every trained sequence three per PPO epoch, each token at F_fwd(mean length).
+@torch.no_grad()
+def old_logprobs(
+    model: Any, samples: list[Sample], indices: list[int], rl: RLConfig, pad_id: int, device: Any
+) -> dict[int, torch.Tensor]:
+    """The response-token log-probs of ``samples[i]`` for each ``i`` in ``indices`` under ``model`` at
+    the rollout temperature (no grad), as 1-D CPU tensors, a micro-batch at a time."""
+    out: dict[int, torch.Tensor] = {}
+    for chunk in _chunks(indices, rl.micro_batch_size):
+        batch = make_rl_batch([(samples[i].prompt_ids, samples[i].response_ids) for i in chunk], pad_id, device)
+        out.update(zip(chunk, response_token_logprobs(
+            model, batch["input_ids"], batch["attention_mask"], batch["response_spans"], temperature=rl.rollout.temperature,
+            kernels=rl.kernels,
+        )))
+    return out
 
-    With K draws of B_gen x G sequences and B_train x G trained ones, all of length S, this is
-    (K B_gen + 3 B_train) G S F_fwd(S), Eq. 22 exactly. The no-grad old-log-prob pass is not in
-    Eq. 22 and is not counted.
-    """
-    from npu_retu.flops import tokens_flops
 
-    flops = tokens_flops(shape, generated_lengths, passes=1) if generated_lengths else 0.0
-    if trained_lengths:
-        flops += ppo_epochs * tokens_flops(shape, trained_lengths, passes=3)
-    return flops
+def policy_batch(
+    samples: list[Sample], indices: list[int], old: dict[int, torch.Tensor], ref: dict[int, torch.Tensor] | None, pad_id: int,
+    device: Any, *, global_token_count: int, global_seq_count: int,
+) -> PolicyBatch:
+    """The :class:`PolicyBatch` of ``samples[i]`` for ``i`` in ``indices``: the padded rows, their
+    response mask, old (and reference) log-probs and advantages."""
+    rows = make_rl_batch([(samples[i].prompt_ids, samples[i].response_ids) for i in indices], pad_id, device)
+    shape = (len(indices), rows["input_ids"].shape[1] - 1)
+    mask = torch.zeros(shape, dtype=torch.float32, device=device)
+    old_logps = torch.zeros(shape, dtype=torch.float32, device=device)
+    ref_logps = torch.zeros(shape, dtype=torch.float32, device=device) if ref is not None else None
+    for row, i in enumerate(indices):
+        start, end = rows["response_spans"][row]
+        mask[row, start - 1 : end - 1] = 1.0
+        if i in old:  # (the zero-weight stand-in of a rank without sequences has none)
+            old_logps[row, start - 1 : end - 1] = old[i].to(device)
+        if ref is not None and i in ref:
+            ref_logps[row, start - 1 : end - 1] = ref[i].to(device)
+    return PolicyBatch(
+        input_ids=rows["input_ids"], attention_mask=rows["attention_mask"], response_mask=mask, old_logprobs=old_logps,
+        advantages=torch.tensor([samples[i].advantage for i in indices], dtype=torch.float32, device=device),
+        ref_logprobs=ref_logps, global_token_count=global_token_count, global_seq_count=global_seq_count,
+    )
 
 
 def make_rl_batch(sequences: list[tuple[list[int], list[int]]], pad_id: int, device) -> dict[str, Any]:
     """Right-padded ``prompt + response`` rows; ``response_spans[i]`` is ``(start, end)`` of row i's response."""
-    import torch
-
     width = max(len(p) + len(r) for p, r in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -609,17 +456,57 @@ def _chunks(items: list[int], size: int) -> list[list[int]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def rl_step_flops(shape, generated_lengths: list[int], trained_lengths: list[int], ppo_epochs: int = 1) -> float:
+    """Compute of one RL step by Appendix C, Eq. 22: every generated sequence (all K draws) costs one
+    forward pass, every trained sequence three per PPO epoch, each token at F_fwd(mean length).
+
+    With K draws of B_gen x G sequences and B_train x G trained ones, all of length S, this is
+    (K B_gen + 3 B_train) G S F_fwd(S), Eq. 22 exactly. The no-grad old-log-prob pass is not in
+    Eq. 22 and is not counted.
+    """
+    flops = tokens_flops(shape, generated_lengths, passes=1) if generated_lengths else 0.0
+    if trained_lengths:
+        flops += ppo_epochs * tokens_flops(shape, trained_lengths, passes=3)
+    return flops
+
+
 # --------------------------------------------------------------------------------------------
-# data and metrics
+# evaluation, data and metrics
+
+
+def evaluate_sharded(rollout, tokenizer, examples: list, reward_fn, ranks, **settings):
+    """:func:`npu_retu.eval.runner.evaluate` with the problems split over the ranks and the scores
+    gathered: every rank returns the result over all of ``examples``."""
+    mine = examples[ranks.rank :: ranks.world_size]
+    part = evaluate(rollout, tokenizer, mine, reward_fn, **settings) if mine else None
+    if not ranks.distributed:
+        return part
+    # shard r holds problems r, r + W, ...; ranks past the last problem evaluated nothing
+    return merge_results([p for p in pg.all_gather_objects(part) if p is not None], ks=settings.get("ks", (1,)))
+
+
+def evaluate_policy(
+    rollout: Any, run: Run, examples: list[RLExample], reward: Any, logger: Any, at_step: int, flops: float
+) -> dict[str, Any]:
+    """The held-out evaluation point (RL compute so far, scores) at ``at_step``: written to
+    ``eval/step-N.json``, logged, and returned without the per-problem scores."""
+    t0 = time.perf_counter()
+    e, rl = run.cfg.eval, run.cfg.rl
+    result = evaluate_sharded(
+        rollout, run.tokenizer, examples, reward.score, run.ranks, n=e.n, temperature=e.temperature, top_p=e.top_p,
+        max_new_tokens=e.max_new_tokens or rl.max_response_length, seed=e.seed, ks=tuple(e.ks),
+    )
+    point = {"step": at_step, "flops": flops, **result.to_dict(), "summary": result.summary(), "seconds": time.perf_counter() - t0}
+    if run.ranks.is_main:
+        write_json_atomic(run.dir / "eval" / f"step-{at_step:06d}.json", point)
+    summary = {k: v for k, v in point.items() if k != "scores"}
+    logger.log(at_step, flops, {f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("step", "flops")})
+    run.say(f"rl: eval at step {at_step}: {result.summary()}")
+    return summary
 
 
 def load_rl_prompts(files: list[str], tokenizer, max_prompt_length: int, skip_bad_rows: bool, counter):
     """Prompt token ids and examples; a prompt longer than ``max_prompt_length`` is an error (or a counted skip)."""
-    from npu_retu.data.errors import DataError
-    from npu_retu.data.schemas import load_rl
-    from npu_retu.data.tokenize import tokenize_prompt
-    from npu_retu.modeling import resolve_path
-
     examples = load_rl([resolve_path(f) for f in files], skip_bad_rows=skip_bad_rows, counter=counter)
     prompts, kept = [], []
     for ex in examples:
@@ -638,9 +525,7 @@ def load_rl_prompts(files: list[str], tokenizer, max_prompt_length: int, skip_ba
 
 
 def load_eval_examples(cfg: Config, counter) -> list:
-    from npu_retu.data.schemas import load_rl
-    from npu_retu.modeling import resolve_path
-
+    """The held-out problems (``eval.files``, at most ``eval.max_problems``)."""
     if not cfg.eval.files:
         return []
     examples = load_rl([resolve_path(f) for f in cfg.eval.files], skip_bad_rows=cfg.data.skip_bad_rows, counter=counter)
@@ -667,4 +552,17 @@ def rollout_metrics(generated: list[Group], kept: list[Group]) -> dict[str, floa
         kept_rewards = [r for g in kept for r in g.rewards]
         out["train/reward_mean"] = sum(kept_rewards) / len(kept_rewards)
     return out
+
+
+def step_metrics(batch: RolloutBatch, reward_stats: dict, reward_before: dict, timer: Stopwatch, seconds: float,
+                 step_flops: float) -> dict[str, float]:
+    """The step's reward-pool counts (summed over the ranks), stage times, compute and generation rate."""
+    counts = {k: float(v - reward_before.get(k, 0)) for k, v in reward_stats.items()}  # this step's counts
+    row = {f"reward/{k}": v for k, v in sum_over_ranks(counts).items()}
+    row.update({f"time/{k}_s": v for k, v in timer.seconds.items()})
+    row["time/step_s"] = seconds
+    row["train/step_flops"] = step_flops
+    generated = sum(len(t.response_ids) for g in batch.generated for t in g.trajectories)
+    row["rollout/tokens_per_s"] = generated / max(1e-9, timer.seconds["rollout"])
+    return row
 

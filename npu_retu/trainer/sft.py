@@ -19,16 +19,30 @@ checkpoint shards.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm import tqdm
+
+from npu_retu.algos import build_loss
 from npu_retu.config import Config
+from npu_retu.data.batching import SFTBatcher, pad_batch, split_validation
+from npu_retu.data.errors import BadRowCounter
+from npu_retu.data.schemas import load_sft
+from npu_retu.data.tokenize import tokenize_sft
+from npu_retu.distributed import process_group as pg
+from npu_retu.engine import build_engine
 from npu_retu.errors import UserError
-from npu_retu.trainer.run_folder import check_resume_config, open_run_folder, record_config
+from npu_retu.flops import ModelShape, mfu, tokens_flops
+from npu_retu.modeling import resolve_path
+from npu_retu.monitor.online import PhaseMonitor
+from npu_retu.report.metrics import read_metrics, sum_over_ranks, write_json_atomic
+from npu_retu.trainer import checkpoint as ckpt
+from npu_retu.trainer.setup import Run, init_compute, open_run
 
 
 @dataclass
@@ -46,10 +60,6 @@ class SFTResult:
 
 def load_sft_data(cfg: Config, tokenizer, counter):
     """Tokenized train and validation examples (validation: val_files, else a held-out split)."""
-    from npu_retu.data.schemas import load_sft
-    from npu_retu.data.tokenize import tokenize_sft
-    from npu_retu.data.batching import split_validation
-    from npu_retu.modeling import resolve_path
 
     def tokenized(paths):
         examples = load_sft([resolve_path(p) for p in paths], skip_bad_rows=cfg.data.skip_bad_rows, counter=counter)
@@ -81,63 +91,26 @@ def total_steps(cfg: Config, n_train: int) -> int:
     return max(1, math.ceil(cfg.sft.epochs * n_train / cfg.sft.global_batch_size))
 
 
-def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False, _crash_hook=None) -> SFTResult:
+def train_sft(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> SFTResult:
     """Run SFT as configured; returns where the run went and what the monitor picked.
 
     The run folder is locked for the whole run (npu_retu.trainer.run_folder): a second process on
     the same folder is refused, and ``resume`` with a changed config is checked key by key.
     """
-    from npu_retu.device import get_backend, set_backend
-    from npu_retu.distributed import process_group as pg
-
-    if cfg.run.device != "auto":
-        set_backend(cfg.run.device)
-    backend = get_backend()
-    ranks = pg.init_process_group(backend, cfg.cluster.timeout_s)
-    say = (lambda *a: None) if quiet or not ranks.is_main else (lambda *a: print(*a, flush=True))
+    backend, ranks, say = init_compute(cfg, quiet=quiet)
     accum = cfg.sft.global_batch_size // cfg.sft.micro_batch_size
     if accum % ranks.world_size:
         raise UserError(
             f"sft.global_batch_size ({cfg.sft.global_batch_size}) must be a multiple of sft.micro_batch_size x ranks "
             f"({cfg.sft.micro_batch_size} x {ranks.world_size}) so that every rank trains on the same number of micro-batches"
         )
-    folder = open_run_folder(cfg.run.output_dir, cfg.run.name, resume=resume, overwrite=overwrite, is_main=ranks.is_main)
-    try:
-        return _train_sft(cfg, folder.path, ranks, backend, say, resume=resume, quiet=quiet, crash_hook=_crash_hook)
-    finally:
-        folder.release()
+    with open_run(cfg, backend, ranks, say, resume=resume, overwrite=overwrite, job="sft") as run:
+        return _train_sft(cfg, run, quiet=quiet)
 
 
-def _train_sft(cfg: Config, run_dir: Path, ranks, backend, say, *, resume: bool, quiet: bool, crash_hook) -> SFTResult:
-    from npu_retu.data.batching import SFTBatcher, pad_batch
-    from npu_retu.data.errors import BadRowCounter
-    from npu_retu.distributed import process_group as pg
-    from npu_retu.engine import build_engine
-    from npu_retu.flops import ModelShape, mfu, tokens_flops
-    from npu_retu.modeling import load_model, load_tokenizer
-    from npu_retu.monitor.online import PhaseMonitor
-    from npu_retu.report.metrics import MetricsLogger, NullLogger
-    from npu_retu.trainer import checkpoint as ckpt
-
+def _train_sft(cfg: Config, run: Run, *, quiet: bool) -> SFTResult:
+    backend, ranks, say, tokenizer = run.backend, run.ranks, run.say, run.tokenizer
     accum = cfg.sft.global_batch_size // cfg.sft.micro_batch_size
-    pg.barrier()  # rank 0 has prepared the folder
-    resume_from = ckpt.latest_checkpoint(run_dir) if resume else None
-    changes = check_resume_config(cfg, run_dir, say=say) if resume_from is not None else {}
-    pg.barrier()  # every rank has read the saved config before rank 0 replaces it
-    if ranks.is_main:
-        record_config(cfg, run_dir, changes, at=resume_from.name if resume_from else None)
-    pg.barrier()
-    backend.manual_seed(cfg.run.seed)
-
-    if resume and resume_from is None:
-        say(f"sft: no complete checkpoint in {run_dir}; starting from the beginning")
-    trust = cfg.model.trust_remote_code
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path, trust_remote_code=trust)
-    model = load_model(str(resume_from) if resume_from else cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation,
-                       trust_remote_code=trust)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-
     counter = BadRowCounter()
     train, val = load_sft_data(cfg, tokenizer, counter)
     steps_total = total_steps(cfg, len(train))
@@ -157,24 +130,22 @@ def _train_sft(cfg: Config, run_dir: Path, ranks, backend, say, *, resume: bool,
     my_val_batches = val_batches[ranks.rank :: ranks.world_size]
     val_forwards = math.ceil(len(val_batches) / ranks.world_size)
     engine = build_engine(
-        cfg, model, total_steps=steps_total, backend=backend, world_size=ranks.world_size,
-        micro_batch_size=cfg.sft.micro_batch_size, grad_accum_steps=accum // ranks.world_size, loss_kernels=cfg.sft.kernels,
+        cfg, run.model, total_steps=steps_total, backend=backend, world_size=ranks.world_size,
+        micro_batch_size=cfg.sft.micro_batch_size, grad_accum_steps=accum // ranks.world_size,
     )
-    shape = ModelShape.from_hf_config(model.config)
+    loss_fn = build_loss("nll", kernels=cfg.sft.kernels)  # Eq. 1, from the registry in npu_retu.algos.losses
+    shape = ModelShape.from_hf_config(run.model.config)
     peak = backend.peak_flops("bf16" if cfg.model.dtype == "bfloat16" else "fp32" if cfg.model.dtype == "float32" else "fp16")
     monitor = PhaseMonitor(delta=cfg.monitor.delta, delta2=cfg.monitor.delta2, patience=cfg.monitor.patience, pick=cfg.monitor.pick)
 
     step, flops, tokens_seen, elapsed = 0, 0.0, 0, 0.0
-    if resume_from is not None:
-        state = ckpt.load_trainer_state(resume_from)
-        engine.load_state_dict(state["engine"])
-        engine.load_engine_files(resume_from)
+    state = run.restore(engine)
+    if state is not None:
         batcher.load_state_dict(state["batcher"])
         monitor.load_state_dict(state["monitor"])
-        backend.set_rng_state(state["rng"])
         step, flops, tokens_seen, elapsed = state["step"], state["flops"], state["tokens"], state["elapsed"]
-        say(f"sft: resumed from {resume_from} (step {step})")
-    logger = MetricsLogger(run_dir, resume_step=step if resume_from is not None else None) if ranks.is_main else NullLogger()
+        say(f"sft: resumed from {run.resume_from} (step {step})")
+    logger = run.logger(step)
 
     say(
         f"sft: {len(train)} train / {len(val)} validation examples, {steps_total} steps of {cfg.sft.global_batch_size} "
@@ -189,13 +160,18 @@ def _train_sft(cfg: Config, run_dir: Path, ranks, backend, say, *, resume: bool,
     try:
         while step < steps_total:
             t0 = time.perf_counter()
+            # every rank draws the step's micro-batches and trains on every world_size-th; the loss
+            # is divided by the step's label tokens over all of them (Eq. 1's token mean)
             micro_batches = [next(batcher) for _ in range(accum)]
             num_loss_tokens = sum(int((mb["labels"][:, 1:] != -100).sum()) for mb in micro_batches)
+            mine = micro_batches[ranks.rank :: ranks.world_size]
             loss_sum = 0.0
-            for mb in micro_batches[ranks.rank :: ranks.world_size]:
-                loss_sum += engine.forward_backward(mb, num_loss_tokens)["loss_sum"]
+            for number, mb in enumerate(mine):
+                loss, _ = loss_fn(engine.module, {k: v.to(engine.device) for k, v in mb.items()})
+                engine.backward(loss / max(1, num_loss_tokens), last=number == len(mine) - 1)
+                loss_sum += float(loss.detach())
             stats = engine.step()
-            (loss_sum,) = pg.all_reduce_sum([loss_sum])
+            loss_sum = sum_over_ranks({"loss_sum": loss_sum})["loss_sum"]
             backend.synchronize()
             dt = time.perf_counter() - t0
             elapsed += dt
@@ -225,8 +201,7 @@ def _train_sft(cfg: Config, run_dir: Path, ranks, backend, say, *, resume: bool,
             at_save = step % cfg.sft.save_every == 0 or step == steps_total
             decision = None
             if at_eval and val_batches:
-                val_sum, val_count = pg.all_reduce_sum(engine.evaluate_sums(my_val_batches, pad_to=val_forwards))
-                val_loss = val_sum / max(1, val_count)
+                val_loss = validation_loss(engine, loss_fn, my_val_batches, pad_to=val_forwards)
                 decision = monitor.observe(step, flops, val_loss, has_checkpoint=at_save) if cfg.monitor.enabled else None
                 val_row = {"val/loss": val_loss}
                 if decision is not None:
@@ -246,13 +221,7 @@ def _train_sft(cfg: Config, run_dir: Path, ranks, backend, say, *, resume: bool,
                     "rng": backend.rng_state(),
                     "config": cfg.to_dict(),
                 }
-                hook = (lambda s=step: crash_hook(s)) if crash_hook else _fault_injection_hook(step)
-                ckpt.save_checkpoint(
-                    run_dir, step, lambda d: engine.save_pretrained(d, tokenizer, is_main=ranks.is_main), state,
-                    write_engine_files=engine.save_engine_files, ranks=ranks, _after_model_hook=hook,
-                )
-                if ranks.is_main:
-                    ckpt.prune_checkpoints(run_dir, cfg.sft.keep_checkpoints, protect=_best_steps(monitor))
+                run.save_checkpoint(step, engine, state, keep=cfg.sft.keep_checkpoints, protect=_best_steps(monitor))
             if decision is not None and decision.action != "continue" and cfg.monitor.stop_on_decision:
                 stop_reason = f"monitor: {decision.action} at step {step} ({decision.reason})"
                 break
@@ -265,19 +234,35 @@ def _train_sft(cfg: Config, run_dir: Path, ranks, backend, say, *, resume: bool,
     if counter.skipped:
         say(counter.summary())
         if ranks.is_main:
-            say(f"sft: every skipped row is listed in {counter.write(run_dir / 'skipped_rows.jsonl')}")
+            say(f"sft: every skipped row is listed in {counter.write(run.dir / 'skipped_rows.jsonl')}")
     pg.barrier()
     if not ranks.is_main:  # rank 0 labels the curve and writes phases.json
-        return SFTResult(run_dir=run_dir, steps=step, flops=flops, picked_step=None, picked_checkpoint=None, skipped_rows=counter.skipped)
-    return finish_sft(cfg, run_dir, monitor, step, flops, counter.skipped, say)
+        return SFTResult(run_dir=run.dir, steps=step, flops=flops, picked_step=None, picked_checkpoint=None, skipped_rows=counter.skipped)
+    return finish_sft(cfg, run.dir, monitor, step, flops, counter.skipped, say)
+
+
+@torch.no_grad()
+def validation_loss(engine, loss_fn, batches: list, *, pad_to: int) -> float:
+    """Mean validation loss over every rank's ``batches`` (eval mode, no gradients).
+
+    Every rank runs ``pad_to`` forwards, the extra ones on its first batch with the result dropped:
+    under ZeRO-3 each forward gathers the weights from all ranks, so the counts must agree.
+    """
+    engine.module.eval()
+    total, count = 0.0, 0
+    for i in range(max(len(batches), pad_to) if batches else 0):
+        batch = batches[i] if i < len(batches) else batches[0]
+        loss_sum, metrics = loss_fn(engine.module, {k: v.to(engine.device) for k, v in batch.items()})
+        if i < len(batches):
+            total += float(loss_sum)
+            count += metrics["tokens"]
+    engine.module.train()
+    sums = sum_over_ranks({"loss": total, "tokens": count})
+    return sums["loss"] / max(1, sums["tokens"])
 
 
 def finish_sft(cfg: Config, run_dir: Path, monitor, step: int, flops: float, skipped: int, say) -> SFTResult:
     """Label the validation curve offline, pick the checkpoint, write phases.json / .png."""
-
-    from npu_retu.report.metrics import read_metrics, write_json_atomic
-    from npu_retu.trainer import checkpoint as ckpt
-
     result = SFTResult(run_dir=run_dir, steps=step, flops=flops, picked_step=None, picked_checkpoint=None, skipped_rows=skipped)
     result.metrics = read_metrics(run_dir / "metrics.jsonl")
     if not cfg.monitor.enabled or not monitor.history:
@@ -308,21 +293,6 @@ def _decision_dict(decision) -> dict[str, Any] | None:
     return decision.to_dict()
 
 
-def _fault_injection_hook(step: int):
-    """Test-only: ``NPU_RETU_FAULT_KILL_DURING_SAVE=N`` SIGKILLs the process while checkpoint N is
-    half-written (model files on disk, trainer state not yet), to prove resume never uses it."""
-    target = os.environ.get("NPU_RETU_FAULT_KILL_DURING_SAVE")
-    if target is None or int(target) != step:
-        return None
-
-    def die():
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    return die
-
-
 def _sequence_lengths(batch) -> list[int]:
     """Token count of each sequence (document) in a micro-batch, for the FLOPs count."""
     if "seq_lens" in batch:
@@ -341,6 +311,4 @@ def _best_steps(monitor) -> set[int]:
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty()))

@@ -235,5 +235,5 @@ def _format_row(row: dict[str, Any]) -> str:
     )
 
 
-if __name__ == "__main__":  # python -m npu_retu.kernels.bench: the default run, saved beside the other benches
+if __name__ == "__main__":  # python -m npu_retu.bench.kernels: the default run, saved beside the other benches
     run_kernel_bench(out_csv="runs/bench/kernels.csv")

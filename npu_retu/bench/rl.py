@@ -23,8 +23,8 @@ def bench_rl(args) -> dict:
     import torch
     import transformers
 
-    from npu_retu.commands.sft import resolve_config_path
     from npu_retu.config import load_config
+    from npu_retu.configs import resolve_config_path
     from npu_retu.device import get_backend
     from npu_retu.report.metrics import read_metrics
     from npu_retu.trainer.rl import train_rl

@@ -20,8 +20,9 @@ def bench_sft(args) -> dict:
     import torch
     import transformers
 
-    from npu_retu.commands.sft import resolve_config_path
+    from npu_retu.algos import build_loss
     from npu_retu.config import load_config
+    from npu_retu.configs import resolve_config_path
     from npu_retu.data.batching import SFTBatcher
     from npu_retu.data.errors import BadRowCounter
     from npu_retu.device import get_backend, set_backend
@@ -45,14 +46,16 @@ def bench_sft(args) -> dict:
         packing=cfg.data.packing, max_length=cfg.data.max_length, pad_token_id=tokenizer.pad_token_id,
     )
     engine = LocalEngine(model, cfg.optim, args.warmup + args.steps, backend.device())
+    loss_fn = build_loss("nll", kernels="unfused")  # Eq. 1 from the model's logits, as the bench always timed it
     shape = ModelShape.from_hf_config(model.config)
 
     def one_step():
         micro = [next(batcher) for _ in range(accum)]
         n_loss = sum(int((mb["labels"][:, 1:] != -100).sum()) for mb in micro)
         t0 = time.perf_counter()
-        for mb in micro:
-            engine.forward_backward(mb, n_loss)
+        for number, mb in enumerate(micro):
+            loss, _ = loss_fn(engine.module, {k: v.to(engine.device) for k, v in mb.items()})
+            engine.backward(loss / max(1, n_loss), last=number == len(micro) - 1)
         engine.step()
         backend.synchronize()
         dt = time.perf_counter() - t0

@@ -1,9 +1,12 @@
-"""What the experiment reports share: a finding with its verdict, and the report's fixed sections."""
+"""The pieces every Markdown report shares: the header, a finding with its verdict, the findings
+section, the plasticity table section, and the atomic write of the file."""
 
 from __future__ import annotations
 
 import datetime
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -28,13 +31,6 @@ def format_ci(ci: tuple[float, float] | None) -> str:
     return "n/a" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}"
 
 
-def separated(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
-    """Whether two intervals are known and do not overlap (a missing interval separates nothing)."""
-    if a is None or b is None:
-        return False
-    return a[1] < b[0] or b[1] < a[0]
-
-
 def header(title: str, command: str, environment: str, stage_seconds: dict[str, float]) -> list[str]:
     """Title, the command, the machine, and the time of each stage as the stage itself recorded it
     (so a stage finished by an earlier, interrupted invocation still counts)."""
@@ -49,13 +45,6 @@ def header(title: str, command: str, environment: str, stage_seconds: dict[str, 
     return lines
 
 
-def stage_seconds(done: dict | list) -> float:
-    """Seconds a stage recorded: a stage's ``done.json``, or the sum over evaluation points."""
-    if isinstance(done, list):
-        return float(sum(point.get("seconds", 0.0) for point in done))
-    return float(done.get("seconds", 0.0))
-
-
 def findings_section(findings: list[Finding]) -> list[str]:
     lines = ["## Did the paper's findings hold in miniature?", ""]
     lines += [f.markdown() for f in findings]
@@ -63,6 +52,14 @@ def findings_section(findings: list[Finding]) -> list[str]:
 
 
 def table_section(rows: list[Any]) -> list[str]:
-    from npu_retu.ceiling.tables import format_markdown
+    from npu_retu.report.plasticity_table import format_markdown
 
     return [format_markdown(rows), ""]
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through ``path.tmp`` and a rename: a reader never sees half a report."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

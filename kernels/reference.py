@@ -264,7 +264,7 @@ def prepare_loss_inputs(
 
 
 class TorchTiles:
-    """The tile operations of the fused ops in PyTorch: what ``npu_retu.kernels.fused`` drives.
+    """The tile operations of the fused ops in PyTorch: what ``logprobs.py`` / ``policy_loss.py`` drive.
 
     ``stats`` / ``grads`` are one token chunk's forward and (recomputing) backward;
     ``stats_then_grads`` is both at once for a loss whose per-token gradient is known as soon as the

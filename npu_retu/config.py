@@ -3,7 +3,7 @@
 Every section is a plain dataclass with defaults. Loading is strict: an unknown key, a value of the
 wrong type or an impossible value raises :class:`ConfigError` naming the key and what is allowed.
 
-    cfg = load_config("configs/demo_cpu.yaml", overrides=["sft.lr=3e-4", "monitor.pick=mild"])
+    cfg = load_config("configs/demo_cpu.yaml", overrides=["sft.optim.lr=3e-4", "monitor.pick=mild"])
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class RunConfig:
 @dataclass
 class ModelConfig:
     # A Hugging Face model folder, or "embedded:base" for the embedded default's base model
-    # (built on first use, see npu_retu.embedded).
+    # (built on first use, see npu_retu.models.embedded).
     path: str = "embedded:base"
     tokenizer: str | None = None  # defaults to the model folder
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -61,7 +61,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # Files (JSONL / JSON / Parquet) or "embedded:..." names (see npu_retu.embedded.DATASETS).
+    # Files (JSONL / JSON / Parquet) or "embedded:..." names (see npu_retu.models.embedded.DATASETS).
     train_files: list[str] = field(default_factory=lambda: ["embedded:sft-uniform-2k"])
     val_files: list[str] = field(default_factory=list)
     val_size: int = 0  # when no val_files: hold out this many training rows as the validation split
@@ -79,6 +79,8 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """AdamW and its schedule: ``sft.optim`` for SFT, ``rl.optim`` (other defaults) for RL."""
+
     lr: float = 1e-5
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -88,12 +90,12 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # final lr = lr * min_lr_ratio for linear / cosine
     max_grad_norm: float = 1.0  # <= 0 disables clipping
 
-    def validate(self) -> None:
-        _check(0 < self.lr <= 1, "optim.lr", "in (0, 1]", self.lr)
-        _check(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", "two numbers in [0, 1)", self.betas)
-        _check(self.warmup_steps >= 0, "optim.warmup_steps", ">= 0", self.warmup_steps)
-        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+    def validate(self, prefix: str = "sft.optim") -> None:
+        _check(0 < self.lr <= 1, f"{prefix}.lr", "in (0, 1]", self.lr)
+        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", ">= 0", self.weight_decay)
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{prefix}.betas", "two numbers in [0, 1)", self.betas)
+        _check(self.warmup_steps >= 0, f"{prefix}.warmup_steps", ">= 0", self.warmup_steps)
+        _check(0 <= self.min_lr_ratio <= 1, f"{prefix}.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
 
 
 @dataclass
@@ -107,6 +109,7 @@ class SFTConfig:
     keep_checkpoints: int = 0  # 0 keeps all (the phase analysis needs them)
     log_every: int = 1
     eval_batch_size: int = 32
+    optim: OptimConfig = field(default_factory=OptimConfig)  # RL's is rl.optim
     # the loss's log-probs: "unfused" = full logits from the model's forward (B x S x V, fp32 for the
     # loss); "auto" = the fused kernel the device layer picks, straight from the hidden states and the
     # LM head, never holding the logits (what lets a 16K-token sequence of a 152K vocabulary fit); or
@@ -129,6 +132,13 @@ class SFTConfig:
         _check(self.keep_checkpoints >= 0, "sft.keep_checkpoints", ">= 0", self.keep_checkpoints)
         _check(self.log_every > 0, "sft.log_every", "> 0", self.log_every)
         _check(self.eval_batch_size > 0, "sft.eval_batch_size", "> 0", self.eval_batch_size)
+        self.optim.validate("sft.optim")
+        _check(
+            self.max_steps == 0 or self.optim.warmup_steps <= self.max_steps,
+            "sft.optim.warmup_steps",
+            f"<= sft.max_steps ({self.max_steps})",
+            self.optim.warmup_steps,
+        )
 
 
 @dataclass
@@ -249,15 +259,35 @@ class AlgoConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["transformers"] = "transformers"  # vLLM / vllm-ascend engines come later
+    # transformers: `generate` on the training model itself. vllm: a vLLM engine (vllm-ascend on
+    # Ascend, the CPU build on CPU) colocated with training, its weights synced after each step.
+    # auto: vllm where it is installed, else transformers.
+    engine: Literal["auto", "transformers", "vllm"] = "transformers"
     temperature: float = 0.7
     top_p: float = 1.0
     batch_size: int = 256  # sequences per generation batch of the transformers engine
+    # Correct the mismatch between the rollout engine's sampling probabilities and the trainer's
+    # (different kernels, precision): "tis" weights each token's loss by the truncated importance
+    # ratio min(p_trainer / p_rollout, is_cap) (verl / TRL's TIS); "none" trusts the rollout.
+    is_correction: Literal["none", "tis"] = "none"
+    is_cap: float = 2.0  # the TIS ratio cap
+    # vLLM only:
+    gpu_memory_utilization: float = 0.5  # share of each accelerator's memory vLLM may take beside training
+    tensor_parallel_size: int = 1  # accelerators one vLLM engine spans
+    cpu_kv_cache_gb: float = 1.0  # the CPU build's KV cache, GB (vLLM's VLLM_CPU_KVCACHE_SPACE)
+    sleep_level: int = 0  # 0: stays awake during training; 1: offloads weights, drops KV cache; 2: drops both
+    enforce_eager: bool = True  # no CUDA graphs / torch.compile: a faster start, enough for small models
 
     def validate(self) -> None:
         _check(self.temperature > 0, "rl.rollout.temperature", "> 0", self.temperature)
         _check(0 < self.top_p <= 1, "rl.rollout.top_p", "in (0, 1]", self.top_p)
         _check(self.batch_size >= 1, "rl.rollout.batch_size", ">= 1", self.batch_size)
+        _check(self.is_cap > 0, "rl.rollout.is_cap", "> 0", self.is_cap)
+        _check(0 < self.gpu_memory_utilization <= 1, "rl.rollout.gpu_memory_utilization", "in (0, 1]",
+               self.gpu_memory_utilization)
+        _check(self.tensor_parallel_size >= 1, "rl.rollout.tensor_parallel_size", ">= 1", self.tensor_parallel_size)
+        _check(self.cpu_kv_cache_gb > 0, "rl.rollout.cpu_kv_cache_gb", "> 0", self.cpu_kv_cache_gb)
+        _check(self.sleep_level in (0, 1, 2), "rl.rollout.sleep_level", "0, 1 or 2", self.sleep_level)
 
 
 @dataclass
@@ -303,6 +333,7 @@ class RLConfig:
     def validate(self) -> None:
         _check(len(self.train_files) > 0, "rl.train_files", "at least one file", self.train_files)
         self.algo.validate()
+        self.optim.validate("rl.optim")
         self.rollout.validate()
         self.reward.validate()
         for key in ("max_prompt_length", "max_response_length", "train_batch_prompts", "gen_batch_prompts",
@@ -345,7 +376,6 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     rl: RLConfig = field(default_factory=RLConfig)
@@ -364,12 +394,6 @@ class Config:
             "'unfused' with engine.zero_stage=3 (the fused loss reads the LM-head weight outside the module, where ZeRO-3 "
             "keeps only this rank's shard)",
             self.sft.kernels,
-        )
-        _check(
-            self.sft.max_steps == 0 or self.optim.warmup_steps <= self.sft.max_steps,
-            "optim.warmup_steps",
-            f"<= sft.max_steps ({self.sft.max_steps})",
-            self.optim.warmup_steps,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -473,6 +497,10 @@ def from_dict(cls: type, data: Any, prefix: str) -> Any:
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} ({data!r})")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in data:
+        key = f"{prefix}.{name}" if prefix else name
+        if key in MOVED_KEYS:
+            raise ConfigError(_moved_message(key, data[name]))
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
@@ -482,11 +510,26 @@ def from_dict(cls: type, data: Any, prefix: str) -> Any:
         key = f"{prefix}.{name}" if prefix else name
         default_factory = fields[name].default_factory
         if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict) and default_factory is not dataclasses.MISSING:
-            # A section whose default differs from its class defaults (rl.optim is not optim): the
+            # A section whose default differs from its class defaults (rl.optim is not sft.optim): the
             # keys given override that default, not the class defaults.
             value = _deep_merge(dataclasses.asdict(default_factory()), value)
         kwargs[name] = _coerce(hints[name], value, key)
     return cls(**kwargs)
+
+
+# Keys that moved, old -> (new, a note): the old key is an error that says where it went.
+MOVED_KEYS: dict[str, tuple[str, str]] = {
+    "optim": ("sft.optim", "RL's is 'rl.optim'"),
+}
+
+
+def _moved_message(key: str, value: Any) -> str:
+    new, note = MOVED_KEYS[key]
+    message = f"config key '{key}' moved to '{new}'" + (f" ({note})" if note else "")
+    if isinstance(value, dict) and value:
+        first = next(iter(value))
+        message += f"; e.g. '{key}.{first}' is now '{new}.{first}'"
+    return message
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -323,7 +323,7 @@ def retu_table4(shape: ModelShape | None = None) -> list[Table4Row]:
     ``shape`` defaults to Qwen2.5-7B, the model Table 4 is about.
     """
     if shape is None:
-        from npu_retu.model_presets import get_preset
+        from npu_retu.models.presets import get_preset
 
         shape = ModelShape.from_hf_config(get_preset("Qwen2.5-7B"))
     rows = []
@@ -332,3 +332,183 @@ def retu_table4(shape: ModelShape | None = None) -> list[Table4Row]:
         for step, paper in paper_by_step.items():
             rows.append(Table4Row(name, step, sft_flops_at_step(shape, dataset, step) / EXA, paper))
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# What ``npu-retu flops`` asks and everything it prints
+# ----------------------------------------------------------------------------------------------
+
+# phase -> (the equation it implements, the inputs its step formula takes); ``npu-retu flops``
+# takes each input as the option of the same name (batch_size: --batch-size)
+STEP_FORMULAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "sft": ("Eq. 21", ("batch_size", "mean_len")),
+    "dapo": ("Eq. 22", ("gen_batch", "rounds", "group_size", "train_batch", "seq_len")),
+    "grpo": ("Eq. 23", ("batch", "group_size", "seq_len")),
+    "hybrid": ("Eq. 24", ("batch", "group_size", "n_expert", "seq_len_on", "seq_len_off")),
+    "upt": ("Eq. 25-27", ("group_size", "seq_len_on", "n_on", "n_off", "seq_len_off")),
+}
+
+TABLE4_MODEL = "Qwen2.5-7B"  # the model the paper's Table 4 is about
+
+
+def input_flag(name: str) -> str:
+    """The ``npu-retu flops`` option of a step-formula input: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """The question ``npu-retu flops --phase`` asks; the fields are its options (errors name them as
+    flags). The step-formula inputs a phase does not take must be None."""
+
+    model: str  # a preset or a model folder / config.json
+    phase: str  # a key of STEP_FORMULAS
+    dataset: str | None = None  # sft: one of RETU_SFT_DATASETS, the default batch_size and mean_len
+    batch_size: int | None = None
+    mean_len: float | None = None
+    gen_batch: int | None = None
+    rounds: float | None = None
+    train_batch: int | None = None
+    batch: int | None = None
+    group_size: int | None = None
+    seq_len: float | None = None
+    n_expert: int | None = None
+    seq_len_on: float | None = None
+    seq_len_off: float | None = None
+    n_on: int | None = None
+    n_off: int | None = None
+    steps: int = 1
+    checkpoints: str | None = None  # "360,720,1080": cumulative compute at these steps too
+    chip: str | None = None  # for MFU, with step_seconds
+    num_chips: int = 1
+    step_seconds: float | None = None
+
+
+def load_shape(model: str) -> ModelShape:
+    """A preset name or a model folder / config.json; an existing path wins over a preset name."""
+    from npu_retu.models.presets import find_preset, preset_names
+
+    if Path(model).exists():
+        return ModelShape.from_hf_config(model)
+    preset = find_preset(model)
+    if preset is None:
+        raise UserError(
+            f"--model {model!r} is neither a preset ({', '.join(preset_names())}) "
+            "nor an existing model folder or config.json"
+        )
+    return ModelShape.from_hf_config(preset)
+
+
+def shape_dict(shape: ModelShape) -> dict:
+    return {
+        "num_layers": shape.num_layers, "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size, "vocab_size": shape.vocab_size, "kv_dim": shape.kv_dim,
+    }
+
+
+def _parse_checkpoints(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        steps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--checkpoints {text!r}: expected comma-separated whole step numbers, e.g. 360,720") from None
+    if any(step < 0 for step in steps):
+        raise UserError(f"--checkpoints {text!r}: step numbers must be >= 0")
+    return steps
+
+
+def step_report(request: StepRequest) -> dict:
+    """Everything ``npu-retu flops --phase`` prints, as one JSON-ready dict: the model's shape, the
+    step's inputs, FLOPs per token at each sequence length, FLOPs per step (Eq. 21-27), the total
+    over ``steps``, cumulative compute at the checkpoints and, given a chip and a step time, MFU."""
+    shape = load_shape(request.model)
+    given = {name: getattr(request, name) for _, inputs in STEP_FORMULAS.values() for name in inputs}
+    if request.phase == "sft" and request.dataset:
+        dataset = RETU_SFT_DATASETS[request.dataset]
+        given["batch_size"] = dataset.batch_size if given["batch_size"] is None else given["batch_size"]
+        given["mean_len"] = dataset.mean_seq_len if given["mean_len"] is None else given["mean_len"]
+    equation, needed = STEP_FORMULAS[request.phase]
+    stray = sorted({input_flag(name) for name, value in given.items() if name not in needed and value is not None})
+    if request.dataset and request.phase != "sft":
+        stray.insert(0, "--dataset")
+    if stray:
+        raise UserError(f"--phase {request.phase} does not use {', '.join(stray)}")
+    missing = [input_flag(name) for name in needed if given[name] is None]
+    if missing:
+        raise UserError(f"--phase {request.phase} needs {', '.join(missing)}")
+    inputs = {name: given[name] for name in needed}
+    if request.steps < 0:
+        raise UserError(f"--steps must be >= 0, got {request.steps}")
+
+    if request.phase == "sft":
+        step_flops = sft_step_flops(shape, inputs["batch_size"], inputs["mean_len"])
+        lengths = [inputs["mean_len"]]
+    elif request.phase == "dapo":
+        step_flops = dapo_step_flops(shape, **inputs)
+        lengths = [inputs["seq_len"]]
+    elif request.phase == "grpo":
+        step_flops = grpo_step_flops(shape, **inputs)
+        lengths = [inputs["seq_len"]]
+    elif request.phase == "hybrid":
+        step_flops = hybrid_step_flops(shape, **inputs)
+        lengths = [inputs["seq_len_on"], inputs["seq_len_off"]]
+    else:
+        step_flops = upt_step_flops(shape, **inputs)
+        lengths = [inputs["seq_len_on"], inputs["seq_len_off"]]
+
+    per_token = []
+    for seq_len in dict.fromkeys(lengths):  # S_on == S_off needs one row only
+        forward = forward_flops_per_token(shape, seq_len)
+        per_token.append({"seq_len": seq_len, "forward_flops": forward, "train_flops": 3 * forward})
+
+    result = {
+        "model": request.model,
+        "shape": shape_dict(shape),
+        "phase": request.phase,
+        "equation": equation,
+        "inputs": inputs,
+        "per_token": per_token,
+        "step_flops": step_flops,
+        "step_exaflops": step_flops / EXA,
+        "steps": request.steps,
+        "total_exaflops": request.steps * step_flops / EXA,
+        "checkpoints": [
+            {"step": step, "exaflops": step * step_flops / EXA} for step in _parse_checkpoints(request.checkpoints)
+        ],
+        "mfu": None,
+    }
+    if (request.chip is None) != (request.step_seconds is None):
+        raise UserError("MFU needs both --chip and --step-seconds")
+    if request.chip is not None:
+        if request.num_chips < 1:
+            raise UserError(f"--num-chips must be >= 1, got {request.num_chips}")
+        peak = peak_flops_for_chip(request.chip)
+        result["mfu"] = {
+            "chip": request.chip, "num_chips": request.num_chips, "peak_flops_per_chip": peak,
+            "step_seconds": request.step_seconds,
+            "mfu": mfu(step_flops, request.step_seconds, peak * request.num_chips),
+        }
+    return result
+
+
+def table4_report(model: str = TABLE4_MODEL) -> dict:
+    """Everything ``npu-retu flops --table4`` prints: Eq. 21 per RETU SFT dataset for ``model``, and
+    our x_sft next to the paper's at every checkpoint of Table 4."""
+    shape = load_shape(model)
+    datasets = {}
+    for name, dataset in RETU_SFT_DATASETS.items():
+        forward = forward_flops_per_token(shape, dataset.mean_seq_len)
+        step_flops = sft_step_flops(shape, dataset.batch_size, dataset.mean_seq_len)
+        datasets[name] = {
+            "mean_seq_len": dataset.mean_seq_len, "batch_size": dataset.batch_size,
+            "checkpoint_every": dataset.checkpoint_every,
+            "forward_flops_per_token": forward, "train_flops_per_token": 3 * forward,
+            "step_flops": step_flops, "step_exaflops": step_flops / EXA,
+        }
+    rows = [
+        {"dataset": r.dataset, "step": r.step, "exaflops": r.exaflops, "paper_exaflops": r.paper_exaflops,
+         "difference": r.exaflops - r.paper_exaflops}
+        for r in retu_table4(shape)
+    ]
+    return {"model": model, "shape": shape_dict(shape), "datasets": datasets, "rows": rows}

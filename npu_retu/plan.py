@@ -26,7 +26,7 @@ from pathlib import Path
 from npu_retu import flops as fl
 from npu_retu.errors import UserError
 from npu_retu.flops import ModelShape
-from npu_retu.model_presets import MODEL_PRESETS, find_preset, preset_names
+from npu_retu.models.presets import MODEL_PRESETS, find_preset, preset_names
 
 # ----------------------------------------------------------------------------------------------
 # Model: the shape Appendix C needs, plus what an exact parameter count needs

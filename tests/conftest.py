@@ -25,7 +25,7 @@ def _backend_reason(name: str) -> str | None:
 
 
 # Without a GPU the Triton kernels run on Triton's CPU interpreter. The switch is read when a kernel
-# is defined, so it is set here, before any test imports npu_retu.kernels.triton_*.
+# is defined, so it is set here, before any test imports npu_retu.kernels.triton.
 if _backend_reason("cuda") is not None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

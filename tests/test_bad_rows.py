@@ -186,14 +186,14 @@ def test_skip_by_source_keeps_field_and_message_and_write_replaces_atomically(tm
 def test_sft_run_with_skip_bad_rows_lists_the_rows_in_its_folder(tmp_path, capsys):
     """The trainer writes every skipped row to RUN/skipped_rows.jsonl and names the first ones."""
     from npu_retu.cli import main
-    from npu_retu.embedded import resolve
+    from npu_retu.models.embedded import resolve
 
     good = resolve("embedded:sft-uniform-1k").read_text(encoding="utf-8").splitlines()[:8]
     train = tmp_path / "train.jsonl"
     train.write_text("\n".join(good[:3] + ["{not json", *good[3:6], '{"messages": 3}', *good[6:]]) + "\n", encoding="utf-8")
     rc = main([
         "sft", "--config", "demo_cpu", "--skip-bad-rows", f"run.output_dir={tmp_path}", "run.name=r", "run.progress=false",
-        f"data.train_files=[{train}]", "data.val_files=[]", "data.val_size=2", "optim.warmup_steps=0", "sft.max_steps=1",
+        f"data.train_files=[{train}]", "data.val_files=[]", "data.val_size=2", "sft.optim.warmup_steps=0", "sft.max_steps=1",
         "sft.global_batch_size=4",
         "sft.micro_batch_size=4", "monitor.enabled=false",
     ])

@@ -500,7 +500,7 @@ def test_doctor_reports_a_kernel_that_breaks(monkeypatch):
 
 
 def test_doctor_fails_a_check_over_its_tolerance(monkeypatch):
-    from npu_retu.commands import doctor
+    from npu_retu import doctor
 
     monkeypatch.setattr(doctor, "MATMUL_TOLERANCE", {"float32": 1e-12, "bfloat16": 1e-12})
     code, text = _doctor(monkeypatch, as_json=False)

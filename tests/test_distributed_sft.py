@@ -30,8 +30,8 @@ def write_config(tmp_path: Path, name: str, steps: int = STEPS) -> Path:
 run: {{name: {name}, output_dir: "{tmp_path}", seed: 3, progress: false, device: cpu}}
 model: {{path: "embedded:base"}}
 data: {{train_files: ["embedded:sft-uniform-500"], val_files: ["embedded:sft-val"], max_length: 320}}
-optim: {{lr: 1.0e-3, warmup_steps: 2, schedule: cosine, min_lr_ratio: 0.1}}
-sft: {{global_batch_size: 8, micro_batch_size: 2, max_steps: {steps}, eval_every: 2, save_every: 2, eval_batch_size: 64}}
+sft: {{global_batch_size: 8, micro_batch_size: 2, max_steps: {steps}, eval_every: 2, save_every: 2, eval_batch_size: 64,
+      optim: {{lr: 1.0e-3, warmup_steps: 2, schedule: cosine, min_lr_ratio: 0.1}}}}
 monitor: {{stop_on_decision: false}}
 """
     )

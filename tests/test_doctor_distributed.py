@@ -25,8 +25,10 @@ import pytest
 
 import npu_retu.device as device_package
 import npu_retu.device.backend as backend_module
-from npu_retu.commands import doctor
+from npu_retu import doctor
+from npu_retu.commands import doctor as doctor_command
 from npu_retu.device import Backend, detect_backend
+from npu_retu.report.doctor_text import doctor_text
 
 STACK_KEYS = [
     "python", "torch", "torch_npu", "cann", "cuda",
@@ -116,16 +118,16 @@ def fake_metadata(monkeypatch, missing=(), versions=None):
 
 def run_doctor(monkeypatch, *argv: str) -> tuple[int, str]:
     parser = argparse.ArgumentParser()
-    doctor.add_arguments(parser)
+    doctor_command.add_arguments(parser)
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
-    code = doctor.run(parser.parse_args(list(argv)))
+    code = doctor_command.run(parser.parse_args(list(argv)))
     return code, out.getvalue()
 
 
 def no_device_checks(monkeypatch):
     """Skip the matmul and kernel checks (tested in test_device.py) to keep these tests short."""
-    monkeypatch.setattr(doctor, "_run_checks", lambda backend: [])
+    monkeypatch.setattr(doctor, "device_checks", lambda backend: [])
 
 
 def foreign_ray_cluster() -> bool:
@@ -145,9 +147,9 @@ def foreign_ray_cluster() -> bool:
 def test_doctor_runs_a_real_gloo_all_reduce(monkeypatch, capfd):
     fake_metadata(monkeypatch, missing={"vllm"})
     parser = argparse.ArgumentParser()
-    doctor.add_arguments(parser)
+    doctor_command.add_arguments(parser)
     start = time.perf_counter()
-    code = doctor.run(parser.parse_args(["--device", "cpu", "--json", "--skip-ray"]))
+    code = doctor_command.run(parser.parse_args(["--device", "cpu", "--json", "--skip-ray"]))
     # read at the file-descriptor level: the spawned ranks share it, and must print nothing there
     report = json.loads(capfd.readouterr().out)
     assert code == 0 and report["ok"] is True
@@ -162,7 +164,7 @@ def test_doctor_runs_a_real_gloo_all_reduce(monkeypatch, capfd):
     assert list(report["versions"]) == STACK_KEYS
     assert report["versions"]["vllm"] is None and report["versions"]["numpy"] == importlib.metadata.version("numpy")
 
-    lines = doctor._format(report).splitlines()
+    lines = doctor_text(report).splitlines()
     assert "  vllm             not installed" in lines
     assert any(line.startswith("  all-reduce (gloo, 2 ranks)") and "= 3 on every rank (expected 3)" in line
                and line.endswith("  ok") for line in lines)
@@ -211,7 +213,7 @@ def test_skip_collectives_and_bad_options(monkeypatch, capsys):
     report = json.loads(text)
     assert code == 0 and report["checks"] == [] and report["ray"]["status"] == "skipped"
     parser = argparse.ArgumentParser()
-    doctor.add_arguments(parser)
+    doctor_command.add_arguments(parser)
     for bad in (["--world-size", "0"], ["--collective-timeout", "-1"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from npu_retu import embedded
+from npu_retu.models import embedded
 from npu_retu.data import synthetic
 from npu_retu.errors import UserError
 
@@ -390,7 +390,7 @@ def test_threads_resolving_at_once_build_once_and_agree(cache, monkeypatch):
 
 def test_processes_resolving_at_once_get_the_same_complete_file(cache):
     code = (
-        "import sys; from npu_retu import embedded; "
+        "import sys; from npu_retu.models import embedded; "
         "p = embedded.resolve('embedded:sft-hard-3k'); print(p); print(len(p.read_text().splitlines()))"
     )
     env = dict(os.environ, NPU_RETU_CACHE=str(cache))

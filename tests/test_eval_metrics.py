@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import pytest
 
-from npu_retu import embedded
+from npu_retu.models import embedded
 from npu_retu.data.schemas import RLExample, load_rl
 from npu_retu.data.synthetic import is_correct
 from npu_retu.data.tokenize import tokenize_prompt
@@ -148,7 +148,7 @@ class ScriptedRollout:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from npu_retu.modeling import load_tokenizer
+    from npu_retu.models.modeling import load_tokenizer
 
     return load_tokenizer(str(embedded.resolve("embedded:base")))
 
@@ -202,7 +202,7 @@ def test_evaluate_rejects_bad_arguments(tokenizer):
 
 
 def test_evaluate_with_the_transformers_rollout(tokenizer):
-    from npu_retu.modeling import load_model
+    from npu_retu.models.modeling import load_model
     from npu_retu.rollout import TransformersRollout
 
     model = load_model(str(embedded.resolve("embedded:base")))

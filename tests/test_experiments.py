@@ -125,7 +125,7 @@ def test_eval_every_spreads_evaluations_over_the_budget():
     from npu_retu.config import load_config
     from npu_retu.experiments.paradigms import _eval_every
     from npu_retu.flops import ModelShape
-    from npu_retu.modeling import resolve_path
+    from npu_retu.models.modeling import resolve_path
     from npu_retu.trainer.rl import rl_step_flops
 
     cfg = load_config("configs/demo_cpu.yaml")
@@ -139,7 +139,7 @@ def test_eval_every_spreads_evaluations_over_the_budget():
 def toy_overrides():
     return [
         "run.progress=false", "model.path=embedded:base",
-        "sft.global_batch_size=8", "sft.micro_batch_size=8", "optim.warmup_steps=1",
+        "sft.global_batch_size=8", "sft.micro_batch_size=8", "sft.optim.warmup_steps=1",
         "rl.train_files=[embedded:rl-easy-200]", "rl.train_batch_prompts=2", "rl.gen_batch_prompts=2", "rl.mini_batch_prompts=2",
         "rl.algo.n=2", "rl.algo.max_draws=1", "rl.max_response_length=16", "rl.micro_batch_size=4", "rl.reward.num_workers=1",
         "eval.max_problems=6", "eval.n=2", "eval.ks=[1,2]", "eval.max_new_tokens=16",

@@ -9,7 +9,7 @@ import pytest
 from npu_retu import flops as fl
 from npu_retu.cli import main
 from npu_retu.errors import UserError
-from npu_retu.model_presets import get_preset
+from npu_retu.models.presets import get_preset
 
 # A tiny made-up model: L=2, H=8, H_ff=16, V=32, 2 attention heads, 1 KV head -> head_dim 4, D_kv 4.
 TINY_CONFIG = {

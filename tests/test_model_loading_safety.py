@@ -22,7 +22,7 @@ import pytest
 
 from npu_retu.cli import main
 from npu_retu.errors import UserError
-from npu_retu.modeling import load_model, load_tokenizer
+from npu_retu.models.modeling import load_model, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -108,7 +108,7 @@ def test_custom_model_code_is_refused_without_asking_even_when_stdin_says_yes(mo
     _ship_custom_model_code(model_dir, marker)
     code = textwrap.dedent(f"""
         from npu_retu.errors import UserError
-        from npu_retu.modeling import {loader}
+        from npu_retu.models.modeling import {loader}
         try:
             {loader}({str(model_dir)!r})
         except UserError as e:
@@ -151,7 +151,7 @@ def test_trust_remote_code_true_runs_the_folders_code(model_dir, tmp_path):
     marker = tmp_path / "custom-code-ran"
     _ship_custom_model_code(model_dir, marker)
     out = _run_python(
-        f"from npu_retu.modeling import load_model; print(type(load_model({str(model_dir)!r}, trust_remote_code=True)).__name__)",
+        f"from npu_retu.models.modeling import load_model; print(type(load_model({str(model_dir)!r}, trust_remote_code=True)).__name__)",
         tmp_path,
     )
     assert out.returncode == 0, out.stderr
@@ -173,7 +173,7 @@ def test_eval_refuses_custom_code_in_one_line(model_dir, tmp_path, capsys, monke
 
 @pytest.mark.parametrize("flag, expected", [([], False), (["--trust-remote-code"], True)])
 def test_eval_passes_trust_remote_code_to_both_loaders(model_dir, monkeypatch, capsys, flag, expected):
-    import npu_retu.modeling as modeling
+    import npu_retu.models.modeling as modeling
 
     seen = {}  # the defaults say whether eval passed the flag on at all
 

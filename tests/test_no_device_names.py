@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # where device names belong
-EXEMPT = ["npu_retu/device/*", "kernels/triton_*.py", "kernels/ascend*.py", "kernels/npu*.py"]
+EXEMPT = ["npu_retu/device/*", "kernels/triton/*.py", "kernels/ascend/*.py", "kernels/npu*.py"]
 
 # (file, exact string literal) -> why it may name a device. Keep this list short: new code should
 # take the names from npu_retu.device (e.g. DEVICE_CHOICES) instead of adding an entry.

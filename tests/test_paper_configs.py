@@ -93,7 +93,7 @@ def test_sft_configs_carry_appendix_b1(path):
     cfg = load_config(path)
     # B.1: "batch size of 512 and learning rate 1e-5 for 8 ... epochs", "Checkpoints are saved every 360 steps"
     assert cfg.sft.global_batch_size == 512
-    assert cfg.optim.lr == 1e-5
+    assert cfg.sft.optim.lr == 1e-5
     assert (cfg.sft.epochs, cfg.sft.max_steps) == (8, 0)
     assert cfg.sft.eval_every == cfg.sft.save_every == 360
     assert cfg.sft.keep_checkpoints == 0 and cfg.monitor.enabled and not cfg.monitor.stop_on_decision

@@ -18,7 +18,7 @@ def smoke_overrides(tmp_path):
         f"run.output_dir={tmp_path}", "run.name=smoke", "run.progress=false", "model.path=embedded:base",
         "data.train_files=[embedded:sft-uniform-500]", "data.val_files=[embedded:sft-val]",
         "sft.max_steps=6", "sft.eval_every=2", "sft.save_every=2", "sft.global_batch_size=8", "sft.micro_batch_size=8",
-        "optim.warmup_steps=1", "monitor.stop_on_decision=false",
+        "sft.optim.warmup_steps=1", "monitor.stop_on_decision=false",
         "rl.train_files=[embedded:rl-easy-200]", "rl.train_batch_prompts=2", "rl.gen_batch_prompts=2", "rl.mini_batch_prompts=2",
         "rl.algo.n=2", "rl.algo.max_draws=1", "rl.max_response_length=16", "rl.max_steps=2", "rl.eval_every=2", "rl.save_every=2",
         "rl.micro_batch_size=4", "rl.reward.num_workers=1",

@@ -14,7 +14,7 @@ from npu_retu import plan as pl
 from npu_retu.cli import main
 from npu_retu.device.chips import CHIP_MEMORY_BYTES, CHIP_PEAK_FLOPS, GIB, memory_bytes_for
 from npu_retu.errors import UserError
-from npu_retu.model_presets import get_preset
+from npu_retu.models.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

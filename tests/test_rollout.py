@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from npu_retu import embedded
+from npu_retu.models import embedded
 from npu_retu.data.schemas import load_rl
 from npu_retu.data.tokenize import tokenize_prompt
-from npu_retu.modeling import load_model, load_tokenizer
+from npu_retu.models.modeling import load_model, load_tokenizer
 from npu_retu.rollout import (
-    ROLLOUT_ENGINES,
+    ENGINE_CHOICES,
     RolloutEngine,
     SamplingParams,
     TransformersRollout,
@@ -286,7 +286,7 @@ def test_shared_module_sync_is_a_no_op(rollout, model):
 
 def test_protocol_and_registry(rollout):
     assert isinstance(rollout, RolloutEngine)
-    assert ROLLOUT_ENGINES == {"transformers": TransformersRollout}
+    assert ENGINE_CHOICES == ("auto", "transformers", "vllm")
     assert rollout.supports_sleep is False
     rollout.sleep()
     rollout.wake()

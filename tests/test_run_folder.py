@@ -135,8 +135,8 @@ def _sft_config(tmp_path: Path, lr: float, steps: int = 4) -> Path:
 run: {{name: shared, output_dir: "{tmp_path}", seed: 3, progress: false}}
 model: {{path: "embedded:base"}}
 data: {{train_files: ["embedded:sft-uniform-1k"], val_files: ["embedded:sft-val"], max_length: 320}}
-optim: {{lr: {lr}, schedule: constant}}
-sft: {{global_batch_size: 4, micro_batch_size: 4, max_steps: {steps}, eval_every: 2, save_every: 2, eval_batch_size: 64}}
+sft: {{global_batch_size: 4, micro_batch_size: 4, max_steps: {steps}, eval_every: 2, save_every: 2, eval_batch_size: 64,
+      optim: {{lr: {lr}, schedule: constant}}}}
 monitor: {{stop_on_decision: false}}
 """
     )
@@ -158,7 +158,7 @@ def test_two_runs_started_together_exactly_one_runs(tmp_path):
     assert f"is in use by another npu-retu process (pid {procs[winner].pid} on {socket.gethostname()}" in outs[loser]
     run = tmp_path / "shared"
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["optim"]["lr"] == winner
+    assert saved["sft"]["optim"]["lr"] == winner
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if "train/loss" in line]
     assert steps == [1, 2, 3, 4]
 
@@ -176,7 +176,7 @@ def test_overwrite_of_a_live_run_is_refused(tmp_path):
     out1 = first.communicate(timeout=600)[0]
     assert second.returncode == 2 and "is in use by another npu-retu process" in out2, out2
     assert first.returncode == 0, out1
-    assert yaml.safe_load((tmp_path / "shared" / "config.yaml").read_text())["optim"]["lr"] == 1e-3
+    assert yaml.safe_load((tmp_path / "shared" / "config.yaml").read_text())["sft"]["optim"]["lr"] == 1e-3
     assert sorted(p.name for p in (tmp_path / "shared" / "checkpoints").iterdir()) == ["step-000002", "step-000004", "step-000006"]
 
 
@@ -192,10 +192,10 @@ def test_resume_refuses_a_changed_training_key_and_applies_a_budget_change(tmp_p
     run = tmp_path / "shared"
     before = (run / "config.yaml").read_text()
 
-    changed = _npu_retu("sft", "--config", str(cfg_file), "--resume", "optim.lr=1e-4")
+    changed = _npu_retu("sft", "--config", str(cfg_file), "--resume", "sft.optim.lr=1e-4")
     out = changed.communicate(timeout=300)[0]
     assert changed.returncode == 2, out
-    assert "config key 'optim.lr' differs from the run being resumed" in out and "0.003" in out and "0.0001" in out
+    assert "config key 'sft.optim.lr' differs from the run being resumed" in out and "0.003" in out and "0.0001" in out
     assert (run / "config.yaml").read_text() == before  # never rewritten to what did not run
 
     longer = _npu_retu("sft", "--config", str(cfg_file), "--resume", "sft.max_steps=4")
@@ -211,17 +211,30 @@ def test_resume_refuses_a_changed_training_key_and_applies_a_budget_change(tmp_p
 
 
 def test_check_resume_config_names_every_fixed_key(tmp_path):
-    record_config(load_config(None, ["optim.lr=3e-3", "run.seed=1"]), tmp_path)
+    record_config(load_config(None, ["sft.optim.lr=3e-3", "run.seed=1"]), tmp_path)
     with pytest.raises(UserError) as info:
-        check_resume_config(load_config(None, ["optim.lr=1e-4", "run.seed=2"]), tmp_path, say=lambda *a: None)
+        check_resume_config(load_config(None, ["sft.optim.lr=1e-4", "run.seed=2"]), tmp_path, say=lambda *a: None)
     # the first differing key in config order is named with both values, the others after it
     assert str(info.value).startswith("config key 'run.seed' differs from the run being resumed") and "1, now: 2" in str(info.value)
-    assert "(and 1 more: optim.lr)" in str(info.value)
+    assert "(and 1 more: sft.optim.lr)" in str(info.value)
     said = []
-    changes = check_resume_config(load_config(None, ["optim.lr=3e-3", "run.seed=1", "rl.max_steps=7", "cluster.timeout_s=5"]),
+    changes = check_resume_config(load_config(None, ["sft.optim.lr=3e-3", "run.seed=1", "rl.max_steps=7", "cluster.timeout_s=5"]),
                                   tmp_path, say=said.append)
     assert changes == {"rl.max_steps": (100, 7), "cluster.timeout_s": (1800.0, 5.0)}
     assert len(said) == 2
+
+
+def test_resume_reads_a_run_folder_written_before_sft_optim(tmp_path):
+    """A config.yaml from before the move holds SFT's optimizer at the top level ('optim'): its
+    values count as sft.optim's, so resuming with the same settings is no change."""
+    record_config(load_config(None, ["sft.optim.lr=3e-3", "sft.optim.warmup_steps=4"]), tmp_path)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    saved["optim"] = saved["sft"].pop("optim")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert check_resume_config(load_config(None, ["sft.optim.lr=3e-3", "sft.optim.warmup_steps=4"]), tmp_path,
+                               say=lambda *a: None) == {}
+    with pytest.raises(UserError, match=r"^config key 'sft.optim.lr' differs from the run being resumed \(.*: 0.003, now: 0.0001\)"):
+        check_resume_config(load_config(None, ["sft.optim.lr=1e-4", "sft.optim.warmup_steps=4"]), tmp_path, say=lambda *a: None)
 
 
 def test_resume_of_a_config_written_before_a_key_existed(tmp_path):
@@ -270,8 +283,8 @@ def test_bad_yaml_in_an_override_is_one_line():
 
 @pytest.mark.parametrize("value", ["inf", ".inf", "1e300", "nan", "2"])
 def test_learning_rate_must_be_finite_and_sane(value):
-    with pytest.raises(ConfigError, match="optim.lr"):
-        load_config(None, [f"optim.lr={value}"])
+    with pytest.raises(ConfigError, match="'sft.optim.lr'"):
+        load_config(None, [f"sft.optim.lr={value}"])
 
 
 def test_non_finite_number_is_refused_for_any_key():

@@ -20,8 +20,8 @@ def sft_config(tmp_path: Path, name: str) -> Path:
 run: {{name: {name}, output_dir: "{tmp_path}", seed: 3, progress: false}}
 model: {{path: "embedded:base"}}
 data: {{train_files: ["embedded:sft-uniform-1k"], val_files: ["embedded:sft-val"], max_length: 320}}
-optim: {{lr: 1.0e-3, warmup_steps: 3, schedule: cosine, min_lr_ratio: 0.1}}
-sft: {{global_batch_size: 8, micro_batch_size: 4, max_steps: 12, eval_every: 4, save_every: 4, eval_batch_size: 64}}
+sft: {{global_batch_size: 8, micro_batch_size: 4, max_steps: 12, eval_every: 4, save_every: 4, eval_batch_size: 64,
+      optim: {{lr: 1.0e-3, warmup_steps: 3, schedule: cosine, min_lr_ratio: 0.1}}}}
 monitor: {{stop_on_decision: false}}
 """
     )

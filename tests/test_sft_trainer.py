@@ -26,7 +26,7 @@ def sft_run(tmp_path_factory):
             "sft.max_steps=6",
             "sft.eval_every=2",
             "sft.save_every=2",
-            "optim.lr=1e-3",
+            "sft.optim.lr=1e-3",
             "monitor.stop_on_decision=false",
         ],
     )

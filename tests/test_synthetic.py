@@ -317,7 +317,7 @@ def test_parquet_round_trip_keeps_nested_rows(tmp_path):
 
 
 def test_cli_synth_writes_rows_without_held_out_problems(tmp_path, capsys):
-    from npu_retu import embedded
+    from npu_retu.models import embedded
     from npu_retu.cli import main
 
     out = tmp_path / "rl.jsonl"

@@ -164,7 +164,7 @@ class PolicyBatch:
     attention_mask: Tensor  # [B, S]
     response_mask: Tensor  # [B, S-1] float: 1 where position t predicts a response token
     old_logprobs: Tensor  # [B, S-1] the sampling policy's log-probs (0 outside the response)
-    advantages: Tensor  # [B] one per sequence: A_{i,t} = A_i (Eq. 2)
+    advantages: Tensor  # [B] one per sequence, A_{i,t} = A_i (Eq. 2); [B, S-1] per token with TIS weights
     ref_logprobs: Tensor | None  # [B, S-1] the reference policy's, when there is a KL term
     global_token_count: int  # response tokens in the mini-batch
     global_seq_count: int  # sequences in the mini-batch

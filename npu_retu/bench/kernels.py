@@ -183,7 +183,7 @@ def _measure(backend, fn, hidden_size, vocab, n_tokens, dtype, mode, repeats, ch
         "median_ms": round(median * 1e3, 3),
         "p20_ms": round(_quantile(times, 0.2) * 1e3, 3),
         "p80_ms": round(_quantile(times, 0.8) * 1e3, 3),
-        "tflops": round(flops / median / 1e12, 4),
+        "tflops": float(f"{flops / median / 1e12:.4g}"),  # 4 significant digits: tiny CPU shapes stay > 0
         "peak_mem_above_inputs_mib": round(max(0, peak - before) / 2**20, 1),
         "max_err_logp": f"{err_logp:.2e}",
         "max_err_dh": f"{err_dh:.2e}" if err_dh is not None else "",

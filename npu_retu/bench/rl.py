@@ -27,6 +27,7 @@ def bench_rl(args) -> dict:
     from npu_retu.configs import resolve_config_path
     from npu_retu.device import get_backend
     from npu_retu.report.metrics import read_metrics
+    from npu_retu.rollout import choose_engine
     from npu_retu.trainer.rl import train_rl
 
     with tempfile.TemporaryDirectory(prefix="npu-retu-bench-rl-") as tmp:
@@ -54,6 +55,7 @@ def bench_rl(args) -> dict:
         "overrides": list(args.overrides),
         "model": cfg.model.path,
         "algorithm": cfg.rl.algorithm,
+        "rollout_engine": choose_engine(cfg.rl.rollout.engine),
         "steps_timed": len(timed),
         "warmup_steps": args.warmup,
         "prompts_per_step": cfg.rl.train_batch_prompts,
@@ -78,7 +80,7 @@ def bench_rl(args) -> dict:
     }
     share = {part: figures[f"{part}_s_median"] / figures["step_s_median"] for part in PARTS} if figures["step_s_median"] else {}
     print(f"RL step ({figures['algorithm']}, {figures['prompts_per_step']} prompts x {figures['samples_per_prompt']} samples, "
-          f"{len(timed)} timed steps after {args.warmup} warm-up, device {figures['device']}):")
+          f"{len(timed)} timed steps after {args.warmup} warm-up, device {figures['device']}, rollout {figures['rollout_engine']}):")
     print(f"  step time (median): {figures['step_s_median']:.2f} s")
     for part in PARTS:
         print(f"    {part:<9} {figures[f'{part}_s_median']:.2f} s ({100 * share.get(part, 0):.0f}%)")

@@ -28,7 +28,7 @@ def bench_sft(args) -> dict:
     from npu_retu.device import get_backend, set_backend
     from npu_retu.engine.local import LocalEngine
     from npu_retu.flops import ModelShape, tokens_flops
-    from npu_retu.modeling import load_model, load_tokenizer
+    from npu_retu.models.modeling import load_model, load_tokenizer
     from npu_retu.trainer.sft import _sequence_lengths, load_sft_data
 
     cfg = load_config(resolve_config_path(args.config), list(args.overrides))
@@ -45,7 +45,7 @@ def bench_sft(args) -> dict:
         train, micro_batch_size=cfg.sft.micro_batch_size, seed=cfg.run.seed, shuffle=cfg.data.shuffle,
         packing=cfg.data.packing, max_length=cfg.data.max_length, pad_token_id=tokenizer.pad_token_id,
     )
-    engine = LocalEngine(model, cfg.optim, args.warmup + args.steps, backend.device())
+    engine = LocalEngine(model, cfg.sft.optim, args.warmup + args.steps, backend.device())
     loss_fn = build_loss("nll", kernels="unfused")  # Eq. 1 from the model's logits, as the bench always timed it
     shape = ModelShape.from_hf_config(model.config)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 HELP = ("Benchmarks that print and save figures: `bench sft`, `bench rl` (step time split, tokens/s), "
-        "`bench reward` (verifications/s), `bench kernels` (fused log-probs vs PyTorch / torch.compile / Liger).")
+        "`bench rollout` (tokens/s of each rollout engine, interleaved), `bench reward` (verifications/s), `bench kernels` (fused log-probs vs PyTorch / torch.compile / Liger).")
 
 
 def add_arguments(parser) -> None:
@@ -25,6 +25,20 @@ def add_arguments(parser) -> None:
     rl.add_argument("--steps", type=int, default=5, help="timed RL steps (after --warmup)")
     rl.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     rl.add_argument("--out", default="runs/bench/rl.json", help="where to save the JSON figures")
+    rollout = sub.add_parser(
+        "rollout", help="generated tokens/s of each installed rollout engine (transformers, vllm) on the same prompts",
+        description=("Generate with each engine on the same prompts and settings, in interleaved rounds (each engine in "
+                     "its own process, started once), and save the median and spread of tokens/s as JSON."))
+    rollout.add_argument("--config", default="demo_cpu", help="config whose model, RL prompts and sampling settings are used")
+    rollout.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    rollout.add_argument("--engines", default="transformers,vllm", help="engines to compare (vllm is left out where not installed)")
+    rollout.add_argument("--prompts", type=int, default=64, help="prompts per round")
+    rollout.add_argument("--n", type=int, default=8, help="samples per prompt")
+    rollout.add_argument("--max-new-tokens", type=int, default=200, help="response length limit")
+    rollout.add_argument("--rounds", type=int, default=3, help="timed rounds per engine (after --warmup)")
+    rollout.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    rollout.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every round and engine)")
+    rollout.add_argument("--out", default="runs/bench/rollout.json", help="where to save the JSON figures")
     reward = sub.add_parser("reward", help="math-verify verifications per second, in one process and through the worker pool",
                             description="Score synthetic responses with math-verify in-process and through the killable worker pool; save the figures as JSON.")
     reward.add_argument("--items", type=int, default=2000, help="responses to score per measurement")
@@ -56,6 +70,10 @@ def run(args) -> int:
         from npu_retu.bench.rl import bench_rl
 
         bench_rl(args)
+    elif args.bench == "rollout":
+        from npu_retu.bench.rollout import run_rollout_bench
+
+        run_rollout_bench(args)
     elif args.bench == "reward":
         from npu_retu.bench.reward import run_reward_bench
 

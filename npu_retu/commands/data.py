@@ -57,7 +57,7 @@ def _synth(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out}: use a .jsonl or .parquet file")
     exclude: frozenset = frozenset()
     if not args.keep_held_out:
-        from npu_retu import embedded
+        from npu_retu.models import embedded
 
         exclude = embedded.held_out_keys()
     problems = synthetic.generate_problems(args.n, args.difficulty, args.seed, exclude=exclude)
@@ -77,13 +77,13 @@ def _chat_renderer():
     """The embedded tokenizer's chat template, so pretraining text matches what the base model saw."""
     from transformers import AutoTokenizer
 
-    from npu_retu import embedded
+    from npu_retu.models import embedded
 
     return embedded.chat_template_fn(AutoTokenizer.from_pretrained(embedded.resolve("embedded:tokenizer"), trust_remote_code=False))
 
 
 def _embedded(args: argparse.Namespace) -> int:
-    from npu_retu import embedded
+    from npu_retu.models import embedded
 
     names = None
     if args.name:

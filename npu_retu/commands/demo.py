@@ -17,7 +17,7 @@ def run(args) -> int:
 
     from npu_retu.config import load_config
     from npu_retu.configs import resolve_config_path
-    from npu_retu.modeling import resolve_path
+    from npu_retu.models.modeling import resolve_path
     from npu_retu.report.summary import print_pipeline_summary
     from npu_retu.trainer.pipeline import run_pipeline
 

@@ -35,7 +35,7 @@ def run(args) -> int:
     from npu_retu.data.schemas import load_benchmark, load_rl
     from npu_retu.errors import UserError
     from npu_retu.eval.runner import evaluate
-    from npu_retu.modeling import load_model, load_tokenizer, resolve_path
+    from npu_retu.models.modeling import load_model, load_tokenizer, resolve_path
     from npu_retu.reward import make_reward
     from npu_retu.rollout import TransformersRollout
 

@@ -11,7 +11,7 @@ import json
 
 from npu_retu import flops as fl
 from npu_retu import plan as pl
-from npu_retu.model_presets import preset_names
+from npu_retu.models.presets import preset_names
 
 HELP = "memory per device (ZeRO 0-3), FLOPs (Appendix C) and wall time of a config on N nodes x D chips"
 

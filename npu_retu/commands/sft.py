@@ -7,7 +7,7 @@ HELP = "Supervised fine-tuning with the validation-loss phase monitor (checkpoin
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (a path, or the name of a shipped config such as demo_cpu)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. sft.max_steps=100 optim.lr=3e-4")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. sft.max_steps=100 sft.optim.lr=3e-4")
     parser.add_argument("--resume", action="store_true", help="continue the run folder from its newest complete checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder of the same name first")
     parser.add_argument("--skip-bad-rows", action="store_true", help="count and skip malformed data rows instead of stopping (same as data.skip_bad_rows=true)")

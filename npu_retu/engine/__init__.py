@@ -19,7 +19,7 @@ def build_engine(cfg: Any, model: Any, *, total_steps: int, backend: Any, world_
     ``engine.fused_ops``, the model's RMSNorm / SwiGLU / rotary run as fused torch_npu ops
     first (the device layer decides; elsewhere nothing changes).
     """
-    optim = cfg.optim if optim is None else optim
+    optim = cfg.sft.optim if optim is None else optim
     if cfg.engine.fused_ops:
         from npu_retu.device import apply_fused_ops
 

@@ -105,7 +105,7 @@ def evaluate_checkpoints(cfg: Config, root: Path, name: str, sft_done: dict[str,
     sampling and seed): the Pure-SFT curve, one point ``{step, flops, avg_at_n, ...}`` per checkpoint.
     """
     from npu_retu.eval.runner import evaluate
-    from npu_retu.modeling import load_model, load_tokenizer
+    from npu_retu.models.modeling import load_model, load_tokenizer
     from npu_retu.reward import make_reward
     from npu_retu.rollout import TransformersRollout
     from npu_retu.trainer.rl import load_eval_examples

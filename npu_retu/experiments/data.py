@@ -146,7 +146,7 @@ def max_score_correlation(correlation: dict[str, Any]) -> float | None:
 
 
 def _report(out, cfg, settings, sft_runs, rows, correlation, findings, seconds) -> Path:
-    from npu_retu.embedded import parse_size
+    from npu_retu.models.embedded import parse_size
 
     e = cfg.eval
     lines = header("Experiment: SFT data scale and difficulty (paper §6.2.2)", common.command_line(), common.environment_line(), seconds)
@@ -155,7 +155,7 @@ def _report(out, cfg, settings, sft_runs, rows, correlation, findings, seconds) 
         "",
         f"* SFT data: embedded synthetic trajectories; scale {', '.join(settings.scale)}; difficulty {', '.join(settings.difficulty)} "
         "(easy: 1-3 steps, uniform: 1-6, hard: 4-6). Validation on `embedded:sft-val` (uniform difficulty, the same for every run).",
-        f"* Each SFT run: batch {cfg.sft.global_batch_size}, lr {cfg.optim.lr}, validation and checkpoint every {settings.eval_every} steps; "
+        f"* Each SFT run: batch {cfg.sft.global_batch_size}, lr {cfg.sft.optim.lr}, validation and checkpoint every {settings.eval_every} steps; "
         f"{settings.sft_steps} steps each. RL starts from the run's minimum-validation-loss checkpoint.",
         f"* RL: {cfg.rl.algorithm} on `{', '.join(cfg.rl.train_files)}`, {settings.rl_steps} steps per branch, evaluated every {settings.rl_eval_every}.",
         f"* Score: avg@{e.n} on the first {e.max_problems or 'all'} problems of `{', '.join(e.files)}` (T={e.temperature}, top-p {e.top_p}, "

@@ -143,7 +143,7 @@ def _eval_every(cfg: Config, budget: float, points: int) -> int:
     from transformers import AutoConfig
 
     from npu_retu.flops import ModelShape
-    from npu_retu.modeling import resolve_path
+    from npu_retu.models.modeling import resolve_path
     from npu_retu.trainer.rl import rl_step_flops
 
     shape = ModelShape.from_hf_config(

@@ -200,7 +200,7 @@ def _report(out, cfg, settings, phase_report, sft, sft_curve, rows, branch_steps
         "## Setup (miniature)",
         "",
         f"* Model: the embedded tiny Qwen2 base (`{cfg.model.path}`); SFT on `{settings.sft_data}` for {settings.sft_steps} steps of "
-        f"{cfg.sft.global_batch_size} (lr {cfg.optim.lr}), validation loss on `embedded:sft-val` every {settings.save_every} steps, a checkpoint at each.",
+        f"{cfg.sft.global_batch_size} (lr {cfg.sft.optim.lr}), validation loss on `embedded:sft-val` every {settings.save_every} steps, a checkpoint at each.",
         f"* RL branches: {cfg.rl.algorithm} on `{', '.join(cfg.rl.train_files)}`, {settings.rl_steps} steps each "
         f"({cfg.rl.train_batch_prompts} prompts x {cfg.rl.algo.n} samples per step, lr {cfg.rl.optim.lr}), evaluated every {settings.eval_every} steps.",
         f"* Score: avg@{e.n} on the first {e.max_problems or 'all'} problems of `{', '.join(e.files)}` (T={e.temperature}, top-p {e.top_p}, "

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from npu_retu.distributed.process_group import all_reduce_sum
+from npu_retu.distributed.process_group import all_gather_objects, all_reduce_sum, is_initialized
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -29,6 +29,14 @@ def sum_over_ranks(values: Mapping[str, float]) -> dict[str, float]:
     everywhere). Every rank must pass the same names. Not distributed: the values, as floats."""
     names = sorted(values)
     return dict(zip(names, all_reduce_sum([values[name] for name in names])))
+
+
+def max_over_ranks(values: Mapping[str, float]) -> dict[str, float]:
+    """Each named value's largest over all ranks (every rank passes the same names)."""
+    if not is_initialized():
+        return {name: float(value) for name, value in values.items()}
+    gathered = all_gather_objects(dict(values))
+    return {name: max(float(g[name]) for g in gathered) for name in values}
 
 
 class WeightedSums:

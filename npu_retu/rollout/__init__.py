@@ -1,22 +1,25 @@
 """Rollout engines: sample responses from the policy (DESIGN.md, "Interfaces" and "Backends").
 
-``ROLLOUT_ENGINES`` maps a config name to an engine class; every engine follows
-:class:`~npu_retu.rollout.base.RolloutEngine`.
+``build_rollout`` makes the engine ``rl.rollout.engine`` names (``transformers``, ``vllm``, or
+``auto``: vLLM where installed); every engine follows :class:`~npu_retu.rollout.base.RolloutEngine`.
+The vLLM engine (:mod:`npu_retu.rollout.vllm`) imports vLLM only when it is built.
 """
 
 from npu_retu.rollout.base import FINISH_REASONS, GenerationStats, RolloutEngine, SamplingParams, Trajectory
+from npu_retu.rollout.build import ENGINE_CHOICES, build_rollout, choose_engine, vllm_installed
 from npu_retu.rollout.hf import TransformersRollout, sample_next_tokens, top_p_filter
 
-ROLLOUT_ENGINES: dict[str, type] = {"transformers": TransformersRollout}
-
 __all__ = [
+    "ENGINE_CHOICES",
     "FINISH_REASONS",
-    "ROLLOUT_ENGINES",
     "GenerationStats",
     "RolloutEngine",
     "SamplingParams",
     "Trajectory",
     "TransformersRollout",
+    "build_rollout",
+    "choose_engine",
+    "vllm_installed",
     "sample_next_tokens",
     "top_p_filter",
 ]

@@ -97,6 +97,17 @@ class GenerationStats:
     response_tokens: int
     seconds: float
 
+    @classmethod
+    def of(cls, num_prompts: int, trajectories: list[Trajectory], seconds: float) -> GenerationStats:
+        """The stats of one ``generate`` call that returned ``trajectories`` in ``seconds``."""
+        return cls(
+            num_prompts=num_prompts,
+            num_sequences=len(trajectories),
+            prompt_tokens=sum(len(t.prompt_ids) for t in trajectories),
+            response_tokens=sum(len(t.response_ids) for t in trajectories),
+            seconds=seconds,
+        )
+
     @property
     def tokens_per_second(self) -> float:
         """Generated (response) tokens per second of wall time."""

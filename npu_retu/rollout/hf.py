@@ -125,13 +125,7 @@ class TransformersRollout:
         finally:
             self.model.train(was_training)
         backend.synchronize()
-        self.last_stats = GenerationStats(
-            num_prompts=len(prompts),
-            num_sequences=len(trajectories),
-            prompt_tokens=sum(len(t.prompt_ids) for t in trajectories),
-            response_tokens=sum(len(t.response_ids) for t in trajectories),
-            seconds=time.perf_counter() - started,
-        )
+        self.last_stats = GenerationStats.of(len(prompts), trajectories, time.perf_counter() - started)
         return trajectories
 
     def sync_weights(self, model_or_state_dict: Any) -> None:

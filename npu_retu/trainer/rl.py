@@ -55,10 +55,10 @@ from npu_retu.engine import build_engine
 from npu_retu.errors import UserError
 from npu_retu.eval.runner import evaluate, merge_results
 from npu_retu.flops import ModelShape, tokens_flops
-from npu_retu.modeling import load_model, resolve_path
-from npu_retu.report.metrics import WeightedSums, sum_over_ranks, write_json_atomic
+from npu_retu.models.modeling import load_model, resolve_path
+from npu_retu.report.metrics import WeightedSums, max_over_ranks, sum_over_ranks, write_json_atomic
 from npu_retu.reward import make_reward
-from npu_retu.rollout import SamplingParams, TransformersRollout
+from npu_retu.rollout import SamplingParams, build_rollout
 from npu_retu.trainer import checkpoint as ckpt
 from npu_retu.trainer.setup import Run, init_compute, open_run
 
@@ -188,7 +188,11 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
         micro_batch_size=rl.micro_batch_size, grad_accum_steps=-(-seqs_per_rank // rl.micro_batch_size), optim=rl.optim,
     )
     loss_fn = rl_loss(rl)
-    rollout = TransformersRollout(engine.model, run.tokenizer, batch_size=rl.rollout.batch_size)
+    rollout, rollout_name = build_rollout(
+        rl.rollout, model=engine.model, tokenizer=run.tokenizer, model_path=str(resolve_path(cfg.model.path)),
+        dtype=cfg.model.dtype, max_model_len=rl.max_prompt_length + rl.max_response_length, seed=cfg.run.seed,
+        backend_name=backend.name, world_size=ranks.world_size,
+    )
     shape = ModelShape.from_hf_config(run.model.config)
 
     step, flops, elapsed, evals = 0, 0.0, 0.0, []
@@ -197,11 +201,12 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
         sampler.load_state_dict(state["sampler"])
         step, flops, elapsed, evals = state["step"], state["flops"], state["elapsed"], state["evals"]
         say(f"rl: resumed from {run.resume_from} (step {step})")
+    rollout.sync_weights(engine.model)  # a separate engine starts from the model folder: give it these weights
     logger = run.logger(step)
     say(
         f"rl: {rl.algorithm} on {len(examples)} prompts, {rl.max_steps} steps of {rl.train_batch_prompts} prompts x "
         f"{algo.n} samples, evaluation on {len(test_examples)} problems every {rl.eval_every} steps, device {backend.name}, "
-        f"engine {cfg.engine.name}" + (f", {ranks.world_size} ranks ({backend.dist_backend})" if ranks.distributed else "")
+        f"engine {cfg.engine.name}, rollout {rollout_name}" + (f", {ranks.world_size} ranks ({backend.dist_backend})" if ranks.distributed else "")
     )
     if reward is None:
         reward = make_reward(rl.reward.name, num_workers=rl.reward.num_workers, timeout_s=rl.reward.timeout_s)
@@ -214,6 +219,7 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
             t_step, timer, reward_before = time.perf_counter(), Stopwatch(), reward.stats()
             # prompts -> rollout -> reward -> group advantages (Eq. 2) -> dynamic-sampling filter
             batch = collect_groups(step, sampler, prompts, examples, rollout, reward, rl, cfg.run.seed, ranks, timer)
+            rollout.sleep()  # hands its accelerator memory to training where the platform can (rl.rollout.sleep_level)
             row = {**rollout_metrics(batch.generated, batch.kept), **{f"ds/{k}": float(v) for k, v in batch.stats.items()}}
             train_lens: list[int] = []
             if batch.kept:
@@ -224,7 +230,7 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
                 )
                 row.update(update)
                 row["train/tokens"] = float(rl.ppo_epochs * sum(train_lens))
-                rollout.sync_weights(engine.model)  # the next draw samples from the updated policy
+                rollout.sync_weights(engine.model)  # wakes the engine; the next draw samples from the updated policy
             else:  # the draw budget ended with nothing to learn from: count the step, skip the update
                 row["train/skipped_update"] = 1.0
             backend.synchronize()
@@ -364,11 +370,14 @@ def policy_update(
         ref = old_logprobs(reference_model, samples, mine, rl, pad_id, engine.device) if reference_model is not None else None
 
     totals = WeightedSums()  # this rank's share, added up over the ranks at the end
-    totals.add({"logprob_drift": 0.0}, weight=0)  # mean |logp_trainer - logp_rollout|; every rank reports it
-    for i in mine:
-        if samples[i].rollout_logprobs:
-            drift = (old[i] - torch.tensor(samples[i].rollout_logprobs, dtype=torch.float32)).abs().mean().item()
-            totals.add({"logprob_drift": drift})
+    drift, drift_max = rollout_drift(samples, mine, old)  # the trainer-rollout mismatch
+    totals.add({"logprob_drift": drift["mean"]}, weight=drift["tokens"])
+    is_weights = truncated_is_weights(samples, mine, old, rl.rollout.is_cap) if rl.rollout.is_correction == "tis" else None
+    if is_weights is not None:
+        weights = torch.cat([is_weights[i] for i in mine]) if mine else torch.zeros(0)
+        totals.add({"is_weight_mean": float(weights.mean()) if weights.numel() else 0.0,
+                    "is_capped_frac": float((weights >= rl.rollout.is_cap).float().mean()) if weights.numel() else 0.0},
+                   weight=weights.numel())
 
     optimizer_steps = 0
     with timer("update"):
@@ -381,7 +390,7 @@ def policy_update(
                 weight = 1.0 if micros else 0.0
                 micros = micros or [[mini[0]]]
                 for number, micro in enumerate(micros):
-                    batch = policy_batch(samples, micro, old, ref, pad_id, engine.device, **counts)
+                    batch = policy_batch(samples, micro, old, ref, pad_id, engine.device, is_weights=is_weights, **counts)
                     loss, metrics = loss_fn(engine.module, batch)
                     engine.backward(loss * weight, last=number == len(micros) - 1)
                     tokens = int(metrics.pop("tokens"))
@@ -393,8 +402,35 @@ def policy_update(
     totals = totals.over_ranks()
     out = {f"actor/{k}": totals.mean(k) for k in totals.sums if k not in MINI_BATCH_SUMS}
     out.update({f"actor/{k}": totals.sums[k] / max(1, optimizer_steps) for k in MINI_BATCH_SUMS if k in totals.sums})
+    out["actor/logprob_drift_max"] = max_over_ranks({"drift": drift_max})["drift"]
     out["actor/advantage_abs_mean"] = sum(abs(s.advantage) for s in samples) / max(1, len(samples))
     return out, [len(s.prompt_ids) + len(s.response_ids) for s in samples]
+
+
+def rollout_drift(samples: list[Sample], indices: list[int], old: dict[int, torch.Tensor]) -> tuple[dict[str, float], float]:
+    """The trainer-rollout mismatch on ``samples[i]``, ``i`` in ``indices``: ``({"mean": mean |logp_train -
+    logp_rollout| over their response tokens, "tokens": how many}, the largest |difference|)``. Samples
+    whose engine reported no log-probs do not count."""
+    gaps = [(old[i] - torch.tensor(samples[i].rollout_logprobs, dtype=torch.float32)).abs()
+            for i in indices if samples[i].rollout_logprobs]
+    gaps = torch.cat(gaps) if gaps else torch.zeros(0)
+    if not gaps.numel():
+        return {"mean": 0.0, "tokens": 0}, 0.0
+    return {"mean": float(gaps.mean()), "tokens": gaps.numel()}, float(gaps.max())
+
+
+def truncated_is_weights(samples: list[Sample], indices: list[int], old: dict[int, torch.Tensor], cap: float) -> dict[int, torch.Tensor]:
+    """Truncated importance sampling (TIS, ``rl.rollout.is_correction: tis``): per response token,
+    ``min(pi_old(y_t) / pi_rollout(y_t), cap) = min(exp(logp_old - logp_rollout), cap)``, the weight
+    that corrects for the rollout engine sampling from a slightly different distribution than the
+    trainer's (verl and TRL's TIS). 1 where the engine reported no log-probs."""
+    out = {}
+    for i in indices:
+        if samples[i].rollout_logprobs:
+            out[i] = torch.exp(old[i] - torch.tensor(samples[i].rollout_logprobs, dtype=torch.float32)).clamp(max=cap)
+        else:
+            out[i] = torch.ones_like(old[i])
+    return out
 
 
 @torch.no_grad()
@@ -415,15 +451,22 @@ def old_logprobs(
 
 def policy_batch(
     samples: list[Sample], indices: list[int], old: dict[int, torch.Tensor], ref: dict[int, torch.Tensor] | None, pad_id: int,
-    device: Any, *, global_token_count: int, global_seq_count: int,
+    device: Any, *, global_token_count: int, global_seq_count: int, is_weights: dict[int, torch.Tensor] | None = None,
 ) -> PolicyBatch:
     """The :class:`PolicyBatch` of ``samples[i]`` for ``i`` in ``indices``: the padded rows, their
-    response mask, old (and reference) log-probs and advantages."""
+    response mask, old (and reference) log-probs and advantages.
+
+    With ``is_weights`` (TIS) the advantages are per token, ``A_i * w_{i,t}``: the clipped loss is
+    positively homogeneous in the advantage (clipping and the dual clip depend on its sign only), so
+    this weights every token's loss term by ``w_{i,t}``, as TIS does, on every kernel path."""
     rows = make_rl_batch([(samples[i].prompt_ids, samples[i].response_ids) for i in indices], pad_id, device)
     shape = (len(indices), rows["input_ids"].shape[1] - 1)
     mask = torch.zeros(shape, dtype=torch.float32, device=device)
     old_logps = torch.zeros(shape, dtype=torch.float32, device=device)
     ref_logps = torch.zeros(shape, dtype=torch.float32, device=device) if ref is not None else None
+    advantages = torch.tensor([samples[i].advantage for i in indices], dtype=torch.float32, device=device)
+    if is_weights is not None:
+        advantages = advantages[:, None].expand(shape).clone()
     for row, i in enumerate(indices):
         start, end = rows["response_spans"][row]
         mask[row, start - 1 : end - 1] = 1.0
@@ -431,9 +474,11 @@ def policy_batch(
             old_logps[row, start - 1 : end - 1] = old[i].to(device)
         if ref is not None and i in ref:
             ref_logps[row, start - 1 : end - 1] = ref[i].to(device)
+        if is_weights is not None and i in is_weights:
+            advantages[row, start - 1 : end - 1] *= is_weights[i].to(device)
     return PolicyBatch(
         input_ids=rows["input_ids"], attention_mask=rows["attention_mask"], response_mask=mask, old_logprobs=old_logps,
-        advantages=torch.tensor([samples[i].advantage for i in indices], dtype=torch.float32, device=device),
+        advantages=advantages,
         ref_logprobs=ref_logps, global_token_count=global_token_count, global_seq_count=global_seq_count,
     )
 

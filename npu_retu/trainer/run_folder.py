@@ -184,6 +184,10 @@ def check_resume_config(cfg: Any, path: Path, *, say=print) -> dict[str, tuple[A
         saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise UserError(f"{saved_file}: cannot read the resumed run's config ({e})") from None
+    if isinstance(saved, dict) and isinstance(saved.get("optim"), dict) and isinstance(saved.get("sft") or {}, dict):
+        # written before SFT's optimizer section moved from 'optim' to 'sft.optim'
+        saved = {**saved, "sft": {**(saved.get("sft") or {}), "optim": saved["optim"]}}
+        del saved["optim"]
     old, new = _flatten(saved), _flatten(cfg.to_dict())
     defaults = _flatten(type(cfg)().to_dict())
     fixed, changes = [], {}

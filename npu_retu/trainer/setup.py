@@ -25,7 +25,7 @@ from npu_retu.config import Config
 from npu_retu.device import get_backend, set_backend
 from npu_retu.distributed import process_group as pg
 from npu_retu.distributed.process_group import RankInfo
-from npu_retu.modeling import load_model, load_tokenizer
+from npu_retu.models.modeling import load_model, load_tokenizer
 from npu_retu.report.metrics import MetricsLogger, NullLogger
 from npu_retu.trainer import checkpoint as ckpt
 from npu_retu.trainer.run_folder import check_resume_config, open_run_folder, record_config

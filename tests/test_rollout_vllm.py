@@ -81,10 +81,9 @@ def test_sync_weights_changes_outputs_and_restores_them_exactly(checks):
 
 
 @needs_vllm
-def test_sleep_is_a_no_op_on_the_cpu_and_threads_stay(checks):
+def test_sleep_is_a_no_op_on_the_cpu(checks):
     assert checks["supports_sleep"] is False
     assert checks["after_sleep_equal"]
-    assert checks["torch_threads"] >= 1
 
 
 # ---- the platform choices, with injected settings --------------------------------------------

@@ -129,7 +129,6 @@ def main(out_path: str) -> None:
     engine.sleep()
     engine.wake()
     out["after_sleep_equal"] = ids_of(engine.generate(prompts, greedy)) == ids_of(v)
-    out["torch_threads"] = torch.get_num_threads()
     with open(out_path, "w") as f:
         json.dump(out, f, indent=1)
 

@@ -233,6 +233,15 @@ class AlgoConfig:
     entropy_coef: float = 0.0  # entropy bonus; 0 in RETU
     dynamic_sampling: bool = True  # DAPO's filter + refill (off: GRPO)
     max_draws: int = 10  # generation batches per step at most, with dynamic sampling
+    # Synchronized SFT-RL (npu_retu.algos.synchronized; loss luffy | srft | upt):
+    experts_per_prompt: int = 1  # LUFFY / SRFT: N expert trajectories in each group of n (n - N rollouts)
+    gate: int = 0  # UPT: a group with at most this many correct of n rollouts trains on its expert (SFT)
+    sft_coef: float = 1.0  # UPT: weight of the SFT (token-mean NLL) term
+    shaping_gamma: float = 0.1  # LUFFY / SRFT: expert tokens use f(p) = p / (p + gamma) (Eq. 5)
+    srft_sft_weight: float = 0.5  # SRFT: the expert's NLL weight is this * exp(-H) (the paper's text: 5)
+    srft_pos_weight: float = 0.1  # SRFT: a correct rollout's weight is this * exp(H) (the paper's text: 1)
+    # Skip an optimizer step whose gradient norm before clipping exceeds this (UPT: 80); null: never
+    skip_grad_norm: float | None = None
 
     def validate(self) -> None:
         from npu_retu.algos import ADVANTAGE_ESTIMATORS
@@ -255,6 +264,39 @@ class AlgoConfig:
         _check(self.max_draws >= 1, "rl.algo.max_draws", ">= 1", self.max_draws)
         # A group of one has no baseline: its advantage is 0 and dynamic sampling would drop it.
         _check(self.n >= 2, "rl.algo.n", ">= 2 (a group-relative advantage needs at least two rollouts per prompt)", self.n)
+        from npu_retu.algos.losses import get_loss
+
+        experts = getattr(get_loss(self.loss), "experts", None)
+        if experts == "mixed":
+            _check(1 <= self.experts_per_prompt < self.n, "rl.algo.experts_per_prompt",
+                   f"in 1..n-1 = 1..{self.n - 1} (each group of rl.algo.n={self.n} holds n - N >= 1 rollouts and N "
+                   "expert trajectories; G <= N leaves no rollout)", self.experts_per_prompt)
+        if experts == "gated":
+            _check(0 <= self.gate <= self.n, "rl.algo.gate", f"in 0..n = 0..{self.n} (the number of correct rollouts "
+                   "at or below which a group trains on its expert)", self.gate)
+        if experts is not None:
+            _check(not self.dynamic_sampling, "rl.algo.dynamic_sampling",
+                   f"false with rl.algo.loss={self.loss} (the synchronized algorithms draw one generation batch)",
+                   self.dynamic_sampling)
+        _check(self.sft_coef >= 0, "rl.algo.sft_coef", ">= 0", self.sft_coef)
+        _check(self.shaping_gamma > 0, "rl.algo.shaping_gamma", "> 0", self.shaping_gamma)
+        _check(self.srft_sft_weight >= 0, "rl.algo.srft_sft_weight", ">= 0", self.srft_sft_weight)
+        _check(self.srft_pos_weight >= 0, "rl.algo.srft_pos_weight", ">= 0", self.srft_pos_weight)
+        _check(self.skip_grad_norm is None or self.skip_grad_norm > 0, "rl.algo.skip_grad_norm", "> 0, or null (never skip)",
+               self.skip_grad_norm)
+
+    @property
+    def experts(self) -> str | None:
+        """How the loss uses expert trajectories: None (rollouts only), "mixed" (LUFFY / SRFT: N in
+        every group) or "gated" (UPT: one replaces a group the gate sends to SFT)."""
+        from npu_retu.algos.losses import get_loss
+
+        return getattr(get_loss(self.loss), "experts", None)
+
+    @property
+    def rollouts_per_prompt(self) -> int:
+        """Samples generated per prompt: n, less the N expert trajectories of a mixed group."""
+        return self.n - self.experts_per_prompt if self.experts == "mixed" else self.n
 
 
 @dataclass
@@ -308,7 +350,10 @@ def _rl_optim() -> OptimConfig:
 @dataclass
 class RLConfig:
     train_files: list[str] = field(default_factory=lambda: ["embedded:rl-train"])
-    algorithm: Literal["grpo", "dapo_d", "dapo_dc"] = "dapo_dc"
+    # SFT-format files whose expert trajectories join the RL prompts by prompt text (LUFFY / SRFT /
+    # UPT need one per prompt; SFT-format rows in train_files carry their own)
+    expert_files: list[str] = field(default_factory=list)
+    algorithm: Literal["grpo", "dapo_d", "dapo_dc", "luffy", "srft", "upt"] = "dapo_dc"
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     max_prompt_length: int = 1024
     max_response_length: int = 8192
@@ -475,7 +520,7 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 
 def apply_rl_preset(data: dict[str, Any]) -> dict[str, Any]:
     """Fill ``rl.algo`` from the preset named by ``rl.algorithm``; keys set under ``rl.algo`` win."""
-    from npu_retu.algos.presets import RL_PRESETS
+    from npu_retu.algos.presets import RL_PRESET_OPTIM, RL_PRESETS
 
     rl = data.get("rl") or {}
     if not isinstance(rl, dict):
@@ -487,7 +532,11 @@ def apply_rl_preset(data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(given, dict):
         return data
     merged = {**RL_PRESETS[name], **given}
-    return {**data, "rl": {**rl, "algo": merged}}
+    out = {**rl, "algo": merged}
+    optim = rl.get("optim") or {}
+    if RL_PRESET_OPTIM.get(name) and isinstance(optim, dict):
+        out["optim"] = {**RL_PRESET_OPTIM[name], **optim}
+    return {**data, "rl": out}
 
 
 def from_dict(cls: type, data: Any, prefix: str) -> Any:

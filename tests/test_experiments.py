@@ -106,17 +106,238 @@ def test_data_findings_verdicts():
     assert data_findings(rows, settings, {"r": None, "reason": "too few"})[0].held is False
 
 
+def paradigm_summary():
+    return {
+        "SFT-then-RL": {"start": 45.0, "final": 64.0, "final_stderr": 3.0, "best": 65.0, "A": 66.0, "A_ci": (64.0, 68.0),
+                        "scores": [45.0, 55.0, 60.0, 64.0]},
+        "Pure-RL": {"start": 5.0, "final": 9.0, "final_stderr": 1.0, "best": 9.0, "A": 12.0, "A_ci": (8.0, 20.0),
+                    "scores": [10.0, 11.0, 12.0, 12.0]},
+        "Pure-SFT": {"start": 5.0, "final": 48.0, "final_stderr": None, "best": 50.0, "A": 49.0, "A_ci": (47.0, 51.0),
+                     "scores": [5.0, 30.0, 48.0]},
+    }
+
+
 def test_paradigm_findings_verdicts():
     from npu_retu.experiments.paradigms import paradigm_findings
 
-    summary = {
-        "SFT-then-RL": {"start": 45.0, "final": 64.0, "final_stderr": 3.0, "best": 65.0, "A": 66.0, "A_ci": (64.0, 68.0)},
-        "Pure-RL": {"start": 5.0, "final": 9.0, "final_stderr": 1.0, "best": 9.0, "A": 12.0, "A_ci": (8.0, 20.0)},
-        "Pure-SFT": {"start": 5.0, "final": 48.0, "final_stderr": None, "best": 50.0, "A": 49.0, "A_ci": (47.0, 51.0)},
-    }
+    summary = paradigm_summary()
     assert [f.held for f in paradigm_findings(summary)] == [True, True, True]
     summary["Pure-SFT"]["A_ci"] = (45.0, 70.0)  # overlapping intervals: cannot tell
     assert paradigm_findings(summary)[0].held is None
+
+
+def with_syn(summary, diffs):
+    """``summary`` plus LUFFY / SRFT / UPT rows, and SFT-then-RL's paired end-of-budget differences
+    against them ({name: (difference, stderr)})."""
+    for name, a, ci in (("LUFFY", 30.0, (28.0, 32.0)), ("SRFT", 25.0, (20.0, 30.0)), ("UPT", 20.0, (18.0, 22.0))):
+        summary[name] = {"start": 10.0, "final": a - 2, "final_stderr": 2.0, "best": a, "A": a, "A_ci": ci,
+                         "scores": [10.0, 12.0, 11.0, 15.0]}
+    summary["end_vs_syn"] = {k: {"difference": d, "stderr": se} for k, (d, se) in diffs.items()}
+    return summary
+
+
+def test_paradigm_findings_with_the_synchronized_methods():
+    from npu_retu.experiments.paradigms import paradigm_findings
+
+    far = {"LUFFY": (30.0, 3.0), "SRFT": (35.0, 3.0), "UPT": (40.0, 3.0)}
+    findings = paradigm_findings(with_syn(paradigm_summary(), far))
+    claims = [f.claim for f in findings]
+    assert claims[3] == "SFT-then-RL ends the budget above every Syn-SFT-RL method (LUFFY, SRFT, UPT)"
+    assert claims[4].startswith("SRFT's score fluctuates more than Pure-RL's")
+    assert [f.held for f in findings] == [True, True, True, True, True]
+    # the ceiling finding compares with every paradigm that ran: LUFFY's interval reaching SFT-then-RL's
+    s = with_syn(paradigm_summary(), far)
+    s["LUFFY"]["A_ci"] = (28.0, 65.0)
+    first = paradigm_findings(s)[0]
+    assert first.held is None and "LUFFY" in first.evidence and "UPT 20.0" in first.evidence
+    s["LUFFY"]["A"], s["LUFFY"]["A_ci"] = 80.0, (75.0, 85.0)  # a synchronized method clearly higher
+    assert paradigm_findings(s)[0].held is False
+    # above every method by more than 2 s.e.: held; below one by more than 2: did not hold; else inconclusive
+    assert paradigm_findings(with_syn(paradigm_summary(), {**far, "SRFT": (5.0, 2.0)}))[3].held is True  # 2.5 s.e.
+    assert paradigm_findings(with_syn(paradigm_summary(), {**far, "SRFT": (3.0, 2.0)}))[3].held is None  # 1.5 s.e.
+    below = paradigm_findings(with_syn(paradigm_summary(), {**far, "UPT": (-5.0, 2.0)}))
+    assert below[3].held is False and "minus UPT -5.0 points, standard error 2.0 (-2.5 s.e.)" in below[3].evidence
+    assert below[1].held is False  # ... so SFT-then-RL does not score highest either
+    assert paradigm_findings(with_syn(paradigm_summary(), {**far, "UPT": (-3.0, 2.0)}))[3].held is None
+    # a method without a paired difference: cannot be called held
+    assert paradigm_findings(with_syn(paradigm_summary(), {"LUFFY": (30.0, 3.0), "SRFT": (35.0, 3.0)}))[3].held is None
+    # without SFT-then-RL only the stability finding remains; without SRFT or Pure-RL, not that one
+    s = with_syn(paradigm_summary(), far)
+    del s["SFT-then-RL"]
+    assert [f.claim for f in paradigm_findings(s)] == [claims[4]]
+    del s["Pure-RL"]
+    assert paradigm_findings(s) == []
+
+
+def test_fluctuation_is_the_sample_std_of_successive_differences():
+    import math
+
+    from npu_retu.experiments.paradigms import fluctuation
+
+    # [10, 12, 11, 15] -> differences [2, -1, 4], mean 5/3; squared deviations 1/9 + 64/9 + 49/9 = 114/9;
+    # sample variance (ddof 1) 114/9 / 2 = 19/3
+    assert fluctuation([10, 12, 11, 15]) == pytest.approx(math.sqrt(19 / 3)) == pytest.approx(2.516611)
+    assert fluctuation([10, 11, 12, 12]) == pytest.approx(math.sqrt(1 / 3))  # [1, 1, 0]
+    assert fluctuation([1.0, 2.0, 3.0, 4.0]) == 0.0  # a steady rise does not fluctuate
+    assert fluctuation([10, 12]) is None and fluctuation([]) is None
+
+
+def test_stability_finding_compares_srft_with_pure_rl():
+    from npu_retu.experiments.paradigms import paradigm_findings
+
+    s = paradigm_summary()
+    del s["SFT-then-RL"]
+    s["Pure-RL"]["algorithm"] = "dapo_d"
+    s["SRFT"] = {"start": 10.0, "final": 15.0, "final_stderr": 2.0, "best": 15.0, "A": 16.0, "A_ci": None,
+                 "scores": [10.0, 12.0, 11.0, 15.0]}
+    (finding,) = paradigm_findings(s)
+    assert finding.held is True  # 2.517 against 0.577 for Pure-RL's [10, 11, 12, 12]
+    assert "SRFT 2.52 over 4 evaluations, Pure-RL 0.58 over 4; ratio 4.36x (paper 2.6x)" in finding.evidence
+    assert "(dapo_d)" in finding.claim
+    s["SRFT"]["scores"], s["Pure-RL"]["scores"] = s["Pure-RL"]["scores"], s["SRFT"]["scores"]
+    assert paradigm_findings(s)[0].held is False
+    s["SRFT"]["scores"] = [10.0, 12.0]  # fewer than 3 evaluations
+    (short,) = paradigm_findings(s)
+    assert short.held is None and "too few evaluations" in short.evidence
+    s["SRFT"]["scores"] = list(s["Pure-RL"]["scores"])  # equal: cannot tell
+    assert paradigm_findings(s)[0].held is None
+
+
+def test_paradigms_option_picks_a_subset(tmp_path, capsys):
+    from npu_retu.cli import main
+    from npu_retu.errors import UserError
+    from npu_retu.experiments.paradigms import PARADIGMS, parse_paradigms
+
+    assert PARADIGMS == ("pure-sft", "pure-rl", "luffy", "srft", "upt", "sft-then-rl")
+    assert parse_paradigms("all") == PARADIGMS
+    assert parse_paradigms(",".join(reversed(PARADIGMS))) == PARADIGMS  # always in run order
+    assert parse_paradigms(" SFT-then-RL, luffy ,pure-sft") == ("pure-sft", "luffy", "sft-then-rl")
+    for bad, problem in (("luffy,grpo", "unknown paradigm 'grpo'"), (" , ", "no paradigm given")):
+        with pytest.raises(UserError) as info:
+            parse_paradigms(bad)
+        assert str(info.value) == (f"--paradigms: {problem}; choose from pure-sft, pure-rl, luffy, srft, upt, sft-then-rl "
+                                   "(comma-separated), or all")
+    # from the command line: one line, before anything runs
+    capsys.readouterr()
+    assert main(["experiment", "paradigms", "--out", str(tmp_path / "p"), "--paradigms", "pure-sft,sft"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--paradigms: unknown paradigm 'sft'; choose from pure-sft, pure-rl" in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_stage_settings_of_each_paradigm():
+    from npu_retu.config import load_config
+    from npu_retu.errors import UserError
+    from npu_retu.experiments.paradigms import ParadigmSettings, rl_stages, syn_train_files
+
+    cfg = load_config("configs/demo_cpu.yaml")
+    assert cfg.rl.train_files == ["embedded:rl-easy-5k"] and cfg.rl.algorithm == "dapo_dc" and cfg.rl.optim.lr == 1e-4
+    stages = {s.paradigm: s for s in rl_stages(cfg, ParadigmSettings(), 1000.0, 400.0)}
+    assert list(stages) == ["pure-rl", "luffy", "srft", "upt", "sft-then-rl"]
+    got = {p: (s.run_name, s.algorithm, s.train_files, s.lr, s.max_flops, s.from_sft) for p, s in stages.items()}
+    assert got == {
+        "pure-rl": ("pure-rl", "dapo_d", ("embedded:rl-easy-5k",), 1e-4, 1000.0, False),
+        "luffy": ("syn-luffy", "luffy", ("embedded:mix-easy-5k",), 1e-4, 1000.0, False),
+        "srft": ("syn-srft", "srft", ("embedded:mix-easy-5k",), 1e-4, 1000.0, False),
+        "upt": ("syn-upt", "upt", ("embedded:mix-easy-5k",), pytest.approx(5e-4), 1000.0, False),
+        "sft-then-rl": ("sft-then-rl", "dapo_dc", ("embedded:rl-easy-5k",), 1e-4, 600.0, True),
+    }
+    assert (stages["pure-rl"].max_steps, stages["upt"].max_steps, stages["sft-then-rl"].max_steps) == (600, 1200, 400)
+    subset = rl_stages(cfg, ParadigmSettings(paradigms=("pure-sft", "upt")), 1000.0, None)
+    assert [s.paradigm for s in subset] == ["upt"]
+    assert rl_stages(cfg, ParadigmSettings(paradigms=("pure-sft",)), 1000.0, None) == []
+    # the mix set follows rl.train_files; --syn-data replaces it; a set without a mix counterpart needs it
+    hard = load_config("configs/demo_cpu.yaml", ["rl.train_files=[embedded:rl-hard-2k]"])
+    assert syn_train_files(hard, ParadigmSettings()) == ["embedded:mix-hard-2k"]
+    assert syn_train_files(hard, ParadigmSettings(syn_data="mine.jsonl")) == ["mine.jsonl"]
+    other = load_config("configs/demo_cpu.yaml", ["rl.train_files=[embedded:rl-train]"])
+    with pytest.raises(UserError, match="--syn-data: rl.train_files entry 'embedded:rl-train' has no embedded mix set"):
+        rl_stages(other, ParadigmSettings(paradigms=("srft",)), 1000.0, None)
+    assert [s.algorithm for s in rl_stages(other, ParadigmSettings(paradigms=("pure-rl",)), 1000.0, None)] == ["dapo_d"]
+
+
+def test_report_setup_names_each_paradigms_algorithm_and_lr():
+    from npu_retu.config import load_config
+    from npu_retu.experiments.paradigms import PARADIGMS, ParadigmSettings, _setup_lines, rl_stages
+
+    cfg = load_config("configs/demo_cpu.yaml")
+    sft = sft_done([40, 80, 120], ["adaptive", "stable", "mild"], picked=80, min_step=80)
+    sft["steps"] = 120
+    settings = ParadigmSettings()
+    text = "\n".join(_setup_lines(cfg, settings, sft, 80, 400.0, 1000.0, rl_stages(cfg, settings, 1000.0, 400.0)))
+    assert "* Paradigms run: Pure-SFT, Pure-RL, LUFFY, SRFT, UPT, SFT-then-RL." in text
+    assert "Pure-RL: `dapo_d` RL from the base model" in text and "then `dapo_dc` RL" in text
+    assert "`luffy`, `srft`, `upt`, each from the base model for all of C, on `embedded:mix-easy-5k`" in text
+    assert "LUFFY: 7 rollouts + 1 expert trajectory per prompt, 8 trained" in text
+    assert "UPT's learning rate: 0.0005 = 5x the configured RL lr 0.0001" in text
+    assert "not implemented" not in text and "not run" not in text
+    subset = ParadigmSettings(paradigms=("pure-sft", "srft"))
+    text = "\n".join(_setup_lines(cfg, subset, sft, None, None, 1000.0, rl_stages(cfg, subset, 1000.0, None)))
+    assert "not run: Pure-RL, LUFFY, UPT, SFT-then-RL" in text and "UPT" not in text.split("not run")[1].split("\n", 1)[1]
+    assert set(PARADIGMS) > set(subset.paradigms)
+
+
+def test_switching_the_rl_preset_keeps_the_configured_settings():
+    from npu_retu.algos.presets import RL_PRESETS
+    from npu_retu.config import load_config
+
+    cfg = load_config("configs/demo_cpu.yaml")  # dapo_dc with rl.algo.max_draws: 2 (the preset: 10)
+    assert common.with_rl_algorithm(cfg, "dapo_dc") is cfg
+    for name in ("dapo_d", "luffy", "srft", "upt"):
+        switched = common.with_rl_algorithm(cfg, name)
+        fresh = load_config("configs/demo_cpu.yaml", [f"rl.algorithm={name}"])  # what the loader makes of it
+        assert switched.rl.algorithm == name
+        assert switched.rl.algo == fresh.rl.algo, name
+        assert switched.rl.algo.max_draws == 2
+        assert {k: getattr(switched.rl.algo, k) for k in RL_PRESETS[name] if k != "max_draws"} == \
+            {k: v for k, v in RL_PRESETS[name].items() if k != "max_draws"}
+        assert switched.rl.optim == cfg.rl.optim and switched.rl.train_files == cfg.rl.train_files
+    assert common.with_rl_algorithm(cfg, "luffy").rl.algo.rollouts_per_prompt == 7
+    assert common.with_rl_algorithm(cfg, "upt").rl.algo.rollouts_per_prompt == 8
+
+
+def test_rl_stage_gives_the_trainer_the_algorithm_data_and_lr(tmp_path, monkeypatch):
+    import npu_retu.trainer.rl as rl_trainer
+    from npu_retu.config import load_config
+    from npu_retu.errors import UserError
+
+    seen = []
+
+    def fake_train_rl(cfg, *, resume, overwrite, quiet):
+        seen.append(cfg)
+        (tmp_path / "runs" / cfg.run.name).mkdir(parents=True, exist_ok=True)
+        evals = [{"step": 0, "avg_at_n": 0.1}, {"step": 2, "avg_at_n": 0.2}]
+        return SimpleNamespace(steps=2, flops=5.0, evals=evals)
+
+    monkeypatch.setattr(rl_trainer, "train_rl", fake_train_rl)
+    cfg = load_config("configs/demo_cpu.yaml")
+    say = lambda *a: None  # noqa: E731
+    done = common.rl_stage(cfg, tmp_path / "runs", "syn-upt", "embedded:base", say=say, algorithm="upt", lr=5e-4,
+                           train_files=["embedded:mix-easy-5k"], max_flops=10.0, eval_every=3)
+    (run_cfg,) = seen
+    assert run_cfg.rl.algorithm == "upt" and run_cfg.rl.algo.loss == "upt" and not run_cfg.rl.algo.dynamic_sampling
+    assert run_cfg.rl.optim.lr == 5e-4 and run_cfg.rl.optim.schedule == cfg.rl.optim.schedule
+    assert run_cfg.rl.train_files == ["embedded:mix-easy-5k"] and run_cfg.rl.max_flops == 10.0 and run_cfg.rl.eval_every == 3
+    assert run_cfg.model.path == "embedded:base" and run_cfg.run.name == "syn-upt"
+    assert (done["algorithm"], done["train_files"], done["lr"]) == ("upt", ["embedded:mix-easy-5k"], 5e-4)
+    # reused when asked the same; a finished run of other settings is refused, not mixed in
+    again = common.rl_stage(cfg, tmp_path / "runs", "syn-upt", "embedded:base", say=say, algorithm="upt", lr=5e-4,
+                            train_files=["embedded:mix-easy-5k"], max_flops=10.0, eval_every=3)
+    assert again == done and len(seen) == 1
+    with pytest.raises(UserError, match="rl algorithm upt, but this run asks for srft"):
+        common.rl_stage(cfg, tmp_path / "runs", "syn-upt", "embedded:base", say=say, algorithm="srft", lr=5e-4,
+                        train_files=["embedded:mix-easy-5k"])
+    with pytest.raises(UserError, match="rl lr 0.0005, but this run asks for 0.0001"):
+        common.rl_stage(cfg, tmp_path / "runs", "syn-upt", "embedded:base", say=say, algorithm="upt",
+                        train_files=["embedded:mix-easy-5k"])
+    # without the settings in done.json (an older stage), the run's config.yaml tells
+    folder = tmp_path / "runs" / "pure-rl"
+    folder.mkdir()
+    (folder / "done.json").write_text(json.dumps({"run_dir": str(folder), "model_path": "embedded:base", "steps": 2}))
+    (folder / "config.yaml").write_text("rl:\n  algorithm: dapo_dc\n  train_files: [embedded:rl-easy-5k]\n  optim: {lr: 1.0e-4}\n")
+    with pytest.raises(UserError, match="rl algorithm dapo_dc, but this run asks for dapo_d"):
+        common.rl_stage(cfg, tmp_path / "runs", "pure-rl", "embedded:base", say=say, algorithm="dapo_d")
+    assert common.rl_stage(cfg, tmp_path / "runs", "pure-rl", "embedded:base", say=say)["steps"] == 2
 
 
 def test_eval_every_spreads_evaluations_over_the_budget():
@@ -134,6 +355,15 @@ def test_eval_every_spreads_evaluations_over_the_budget():
     per_step = rl_step_flops(shape, [length] * (16 * 8 * 2), [length] * (8 * 8))  # 2 draws of 16 prompts, 8 kept, n = 8
     assert _eval_every(cfg, 80 * per_step, 8) == 10
     assert _eval_every(cfg, 3 * per_step, 8) == 1
+    # DAPO_d keeps the configured draws: the same step
+    assert _eval_every(common.with_rl_algorithm(cfg, "dapo_d"), 80 * per_step, 8) == 10
+    # no dynamic sampling: one batch of the 8 train prompts; LUFFY / SRFT generate 7 per prompt and
+    # their expert gets a forward pass too (Eq. 24), UPT generates 8; all train 8 per prompt
+    syn_step = rl_step_flops(shape, [length] * (8 * 8), [length] * (8 * 8))
+    for name in ("luffy", "srft", "upt"):
+        syn = common.with_rl_algorithm(cfg, name)
+        assert _eval_every(syn, 80 * syn_step, 8) == 10, name
+        assert _eval_every(syn, 80 * per_step, 8) == round(int(80 * per_step / syn_step) / 8), name
 
 
 def toy_overrides():
@@ -184,7 +414,7 @@ def test_paradigms_match_the_compute_budget(tmp_path):
 
     out = tmp_path / "paradigms"
     argv = ["experiment", "paradigms", "--out", str(out), "--sft-steps", "12", "--save-every", "2",
-            "--rl-eval-points", "4", "--switch-step", "6", *toy_overrides()]
+            "--rl-eval-points", "4", "--switch-step", "6", "--paradigms", "pure-sft,pure-rl,sft-then-rl", *toy_overrides()]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     budget, x_sft = results["budget_flops"], results["x_sft"]
@@ -199,7 +429,43 @@ def test_paradigms_match_the_compute_budget(tmp_path):
     s = results["summary"]
     assert s["Pure-SFT"]["compute_used"] == pytest.approx(budget)
     assert s["SFT-then-RL"]["compute_used"] >= budget and s["Pure-RL"]["compute_used"] >= budget
-    assert "Pure-RL" in (out / "report.md").read_text()
+    assert (s["Pure-RL"]["algorithm"], s["SFT-then-RL"]["algorithm"]) == ("dapo_d", "dapo_dc")
+    assert set(results["rl_runs"]) == {"pure-rl", "sft-then-rl"} and "LUFFY" not in s
+    report = (out / "report.md").read_text()
+    assert "Pure-RL" in report and "not run: LUFFY, SRFT, UPT" in report and "Left out" not in report
+    assert "SFT-then-RL ends the budget above every Syn-SFT-RL" not in report
+
+
+@pytest.mark.slow
+def test_synchronized_paradigms_run_end_to_end(tmp_path):
+    """LUFFY, SRFT and UPT from the base model at the budget C, beside Pure-RL (DAPO_d), on the mix
+    set of the Pure-RL prompts; then SFT-then-RL added to the same folder (the finished runs reused)."""
+    from npu_retu.cli import main
+
+    out = tmp_path / "paradigms"
+    base = ["experiment", "paradigms", "--out", str(out), "--sft-steps", "12", "--save-every", "2",
+            "--rl-eval-points", "3", "--switch-step", "6", *toy_overrides(),
+            "rl.max_response_length=320"]  # room for the expert trajectories (eval keeps max_new_tokens=16)
+    assert main([*base, "--paradigms", "pure-rl,luffy,srft,upt"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    budget = results["budget_flops"]
+    for name, algorithm in (("syn-luffy", "luffy"), ("syn-srft", "srft"), ("syn-upt", "upt"), ("pure-rl", "dapo_d")):
+        import yaml
+
+        config = yaml.safe_load((out / "runs" / name / "config.yaml").read_text())
+        assert config["rl"]["algorithm"] == algorithm
+        assert config["rl"]["train_files"] == (["embedded:rl-easy-200"] if algorithm == "dapo_d" else ["embedded:mix-easy-200"])
+        assert config["rl"]["optim"]["lr"] == pytest.approx(1e-4 * (5 if algorithm == "upt" else 1))
+        assert config["rl"]["max_flops"] == pytest.approx(budget)
+    s = results["summary"]
+    assert {"Pure-RL", "LUFFY", "SRFT", "UPT"} <= set(s) and "Pure-SFT" not in s and "SFT-then-RL" not in s
+    report = (out / "report.md").read_text()
+    assert "SRFT's score fluctuates more than Pure-RL's" in report and "5x the configured RL lr" in report
+    assert main([*base, "--paradigms", "luffy,sft-then-rl"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["rl_runs"]) == {"luffy", "sft-then-rl"}
+    assert set(results["summary"]["end_vs_syn"]) == {"LUFFY"}
+    assert "SFT-then-RL ends the budget above every Syn-SFT-RL method (LUFFY)" in (out / "report.md").read_text()
 
 
 def test_data_experiment_correlates_min_loss_with_the_ceiling(tmp_path):

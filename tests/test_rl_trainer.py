@@ -294,7 +294,7 @@ class GradRecorder:
     def backward(self, loss, *, last=True):
         loss.backward()
 
-    def step(self):
+    def step(self, skip_above=None):
         self.grads.append(torch.cat([p.grad.flatten().clone() for p in self.model.parameters()]))
         self.model.zero_grad(set_to_none=True)
         return {"grad_norm": float(self.grads[-1].norm()), "lr": 0.0}

@@ -97,10 +97,10 @@ def fill_batch(
         generated.extend(batch)
         if not batch:
             continue
-        for g in batch:
-            if len(g.rewards) != group_size:
-                raise ValueError(f"draw {draws}: a group has {len(g.rewards)} rewards, expected group_size={group_size}")
-        if filter:
+        if filter:  # (without it a group may differ in size: UPT's expert-only groups)
+            for g in batch:
+                if len(g.rewards) != group_size:
+                    raise ValueError(f"draw {draws}: a group has {len(g.rewards)} rewards, expected group_size={group_size}")
             mask = keep_mask(torch.stack([torch.as_tensor(g.rewards, dtype=torch.float64) for g in batch]), group_size)
             kept.extend(g for g, k in zip(batch, mask.tolist()) if k)
             if len(kept) >= train_batch_prompts:

@@ -168,6 +168,11 @@ class PolicyBatch:
     ref_logprobs: Tensor | None  # [B, S-1] the reference policy's, when there is a KL term
     global_token_count: int  # response tokens in the mini-batch
     global_seq_count: int  # sequences in the mini-batch
+    # synchronized SFT-RL (npu_retu.algos.synchronized): which rows are expert trajectories, which
+    # rollouts were correct (reward >= 1), and the mini-batch's expert response tokens
+    expert: Tensor | None = None  # [B] bool
+    correct: Tensor | None = None  # [B] bool
+    global_expert_token_count: int = 0
 
 
 @register_loss("clipped")
@@ -190,8 +195,10 @@ class ClippedPolicyLoss:
     """
 
     stage = "rl"
+    experts = None  # trains on rollouts only (the synchronized losses set "mixed" or "gated")
 
-    def __init__(self, *, algo: Any, kernels: str = "auto", temperature: float = 1.0):
+    def __init__(self, *, algo: Any, kernels: str = "auto", temperature: float = 1.0, max_response_length: int | None = None):
+        # (max_response_length: the synchronized losses' normaliser; this one divides by token counts)
         self.kernels, self.temperature = kernels, temperature
         self.kl_coef, self.kl_kind, self.entropy_coef, self.agg = algo.kl_coef, algo.kl_kind, algo.entropy_coef, algo.loss_agg
         self.settings = {"clip_low": algo.clip_low, "clip_high": algo.clip_high, "dual_clip": algo.dual_clip,

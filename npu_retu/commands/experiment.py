@@ -1,6 +1,6 @@
 """``npu-retu experiment``: the paper's three questions in miniature on the embedded default.
 
-    npu-retu experiment paradigms   Pure-SFT vs Pure-RL vs SFT-then-RL at matched compute (§6.1)
+    npu-retu experiment paradigms   Pure-SFT, Pure-RL, Syn-SFT-RL (LUFFY/SRFT/UPT), SFT-then-RL at matched compute (§6.1)
     npu-retu experiment transition  RL from Adaptive / Stable / Mild / Severe SFT checkpoints (§6.2.1)
     npu-retu experiment data        SFT data scale and difficulty, min-loss predictor (§6.2.2)
 
@@ -23,8 +23,10 @@ def add_arguments(parser) -> None:
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the base config, e.g. eval.max_problems=100")
         p.add_argument("--verbose", action="store_true", help="print every training step, not only the stage summaries")
 
-    p = sub.add_parser("paradigms", help="Pure-SFT, Pure-RL and SFT-then-RL at matched compute (paper §6.1)",
-                       description="Pure-SFT, Pure-RL and SFT-then-RL at the compute of one SFT run; Eq. 11/12 ceilings for each.")
+    p = sub.add_parser("paradigms", help="Pure-SFT, Pure-RL, Syn-SFT-RL (LUFFY, SRFT, UPT) and SFT-then-RL at matched compute (paper §6.1)",
+                       description="Pure-SFT, Pure-RL (dapo_d), Syn-SFT-RL (luffy, srft, upt; UPT at 5x the RL lr) and "
+                                   "SFT-then-RL (the configured rl.algorithm) at the compute of one SFT run; Eq. 11/12 ceilings "
+                                   "for each, and SRFT's score fluctuation against Pure-RL's.")
     common(p, "paradigms")
     p.add_argument("--sft-data", default="embedded:sft-uniform-500", help="SFT trajectories (default embedded:sft-uniform-500)")
     p.add_argument("--sft-steps", type=int, default=480, help="length of the SFT run = the compute budget of every paradigm (default 480)")
@@ -32,6 +34,13 @@ def add_arguments(parser) -> None:
     p.add_argument("--rl-eval-points", type=int, default=8, help="evaluations along each RL run (default 8)")
     p.add_argument("--switch-step", type=int, default=None,
                    help="SFT step where SFT-then-RL switches to RL (default: the phase monitor's pick)")
+    p.add_argument("--paradigms", default="all", metavar="LIST",
+                   help="comma-separated subset of pure-sft,pure-rl,luffy,srft,upt,sft-then-rl (default all); the SFT run "
+                        "always runs (it sets the budget); its checkpoints are scored only for pure-sft; finished runs are "
+                        "reused, so a later call can add paradigms")
+    p.add_argument("--syn-data", default=None, metavar="FILE",
+                   help="RL data of the luffy / srft / upt runs, SFT-format rows with an expert trajectory per prompt "
+                        "(default: the mix set of rl.train_files, e.g. embedded:rl-easy-5k -> embedded:mix-easy-5k)")
 
     p = sub.add_parser("transition", help="RL from SFT checkpoints in the Adaptive, Stable, Mild and Severe sub-phases (paper §6.2.1)",
                        description="One SFT run past its validation minimum; one RL branch per sub-phase; the plasticity table.")
@@ -61,6 +70,10 @@ def run(args) -> int:
     from npu_retu.config import load_config
     from npu_retu.configs import resolve_config_path
 
+    if args.experiment == "paradigms":  # a wrong --paradigms fails before anything is loaded
+        from npu_retu.experiments.paradigms import parse_paradigms
+
+        paradigms = parse_paradigms(args.paradigms)
     cfg = load_config(resolve_config_path(args.config), list(args.overrides))
     out = Path(args.out)
     quiet = not args.verbose
@@ -68,7 +81,8 @@ def run(args) -> int:
         from npu_retu.experiments.paradigms import ParadigmSettings, run_paradigms
 
         settings = ParadigmSettings(sft_data=args.sft_data, sft_steps=args.sft_steps, save_every=args.save_every,
-                                    rl_eval_points=args.rl_eval_points, switch_step=args.switch_step)
+                                    rl_eval_points=args.rl_eval_points, switch_step=args.switch_step,
+                                    paradigms=paradigms, syn_data=args.syn_data)
         run_paradigms(cfg, out, settings, quiet=quiet)
     elif args.experiment == "transition":
         from npu_retu.experiments.transition import TransitionSettings, run_transition

@@ -19,17 +19,20 @@ from npu_retu.data.schemas import (
     BENCHMARKS,
     RLExample,
     SFTExample,
+    attach_experts,
     last_boxed,
     load_benchmark,
     load_rl,
     load_sft,
     normalize_ground_truth,
+    require_experts,
 )
 
 _LAZY = {
     "TokenizedExample": "npu_retu.data.tokenize",
     "tokenize_sft": "npu_retu.data.tokenize",
     "tokenize_prompt": "npu_retu.data.tokenize",
+    "tokenize_expert": "npu_retu.data.tokenize",
     "IGNORE_INDEX": "npu_retu.data.batching",
     "PackedSequence": "npu_retu.data.batching",
     "SFTBatcher": "npu_retu.data.batching",
@@ -46,12 +49,14 @@ __all__ = [
     "DataError",
     "RLExample",
     "SFTExample",
+    "attach_experts",
     "last_boxed",
     "load_benchmark",
     "load_rl",
     "load_sft",
     "normalize_ground_truth",
     "read_rows",
+    "require_experts",
     *_LAZY,
 ]
 

@@ -7,7 +7,12 @@ Accepted row shapes, all normalised to the same dataclasses:
   (``from``/``value``, human/gpt), or ``prompt`` + ``response``.
 * RL: a prompt (string or chat messages) under ``prompt`` / ``question`` / ``problem`` and a ground
   truth under ``ground_truth`` / ``answer`` / ``reward_model.ground_truth`` (Skywork-OR1, a
-  JSON-encoded list string) / ``final_answer``; ground truth always becomes ``list[str]``.
+  JSON-encoded list string) / ``final_answer``; ground truth always becomes ``list[str]``. An RL
+  row may carry expert trajectories (``expert``: a string, or ``experts``: a list of strings) for
+  the synchronized SFT-RL algorithms (LUFFY / SRFT / UPT). An SFT row read as RL data is a prompt
+  (the turns before the final assistant turn), its reference answer as ground truth and the final
+  assistant turn as its expert (:func:`rl_example_from_row`); :func:`attach_experts` joins SFT files
+  to RL prompts by prompt text, :func:`require_experts` checks that every prompt has its experts.
 * Math benchmarks in the Qwen2.5-Math evaluation layout (gsm8k, minerva_math, olympiadbench, aime24,
   amc23) through :func:`load_benchmark`, which knows where each keeps its gold answer.
 
@@ -17,7 +22,9 @@ Every problem is a :class:`DataError` naming file, row and field, or a counted s
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -25,13 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from npu_retu.data.errors import BadRowCounter, DataError, format_source
+from npu_retu.data.errors import BadRowCounter, DataError, format_source, parse_source
 from npu_retu.data.readers import json_type_name, read_rows
+
+logger = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 PROMPT_KEYS = ("prompt", "question", "problem")
 GROUND_TRUTH_KEYS = ("ground_truth", "answer", "reward_model.ground_truth", "final_answer")
+AM_REFERENCE_FIELD = "messages[0].info.reference_answer"
 
 
 @dataclass(frozen=True)
@@ -53,12 +63,15 @@ class RLExample:
     """One RL prompt: chat messages for the policy and the accepted answers for the rule reward.
 
     ``data_source`` is the dataset's own tag (Skywork-OR1 ``data_source``, or the benchmark name).
+    ``experts`` are expert trajectories for this prompt (assistant turn contents, in file order),
+    which LUFFY / SRFT / UPT train on beside the rollouts; empty for plain RL.
     """
 
     prompt: list[dict[str, str]]
     ground_truth: list[str]
     source: str
     data_source: str | None = None
+    experts: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,7 +140,7 @@ def sft_example_from_row(record: dict[str, Any], file: str, row: int) -> SFTExam
     if "messages" in record:
         messages = check.chat_messages(record["messages"], "messages")
         check.conversation_shape(messages, "messages", "role")
-        reference = _am_deepseek_reference_answer(record, check)
+        reference = _am_deepseek_reference_answer(record, check)[0]
     elif "conversations" in record:
         messages = check.chat_messages(
             record["conversations"], "conversations", role_key="from", content_key="value", role_names=SHAREGPT_ROLES
@@ -148,21 +161,32 @@ def sft_example_from_row(record: dict[str, Any], file: str, row: int) -> SFTExam
     return SFTExample(messages=messages, reference_answer=reference, source=format_source(file, row))
 
 
-def _am_deepseek_reference_answer(record: dict[str, Any], check: _Checker) -> str | None:
+def _am_deepseek_reference_answer(record: dict[str, Any], check: _Checker) -> tuple[str | None, str | None]:
     """``messages[0].info.reference_answer`` when present (``info`` is sometimes null); when a system
-    turn was put first, the first user turn's ``info`` carries it instead."""
+    turn was put first, the first user turn's ``info`` carries it instead. Returns (the answer, the
+    field it came from), or (None, None)."""
+    for index, info in _am_deepseek_infos(record, check):
+        reference = info.get("reference_answer")
+        if reference is not None:
+            field = f"messages[{index}].info.reference_answer"
+            return check.answer_text(reference, field), field
+    return None, None
+
+
+def _am_deepseek_infos(record: dict[str, Any], check: _Checker) -> list[tuple[int, dict[str, Any]]]:
+    """The non-null ``info`` objects of ``messages[0]`` and of the first user turn, with their index
+    (call after the messages were checked: there is a user turn)."""
     messages = record["messages"]
     first_user = next(i for i, message in enumerate(messages) if message.get("role") == "user")
+    infos = []
     for index in dict.fromkeys((0, first_user)):
         info = messages[index].get("info")
         if info is None:
             continue
         if not isinstance(info, dict):
             raise check.wrong_type(f"messages[{index}].info", "an object or null", info)
-        reference = info.get("reference_answer")
-        if reference is not None:
-            return check.answer_text(reference, f"messages[{index}].info.reference_answer")
-    return None
+        infos.append((index, info))
+    return infos
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,8 +194,29 @@ def _am_deepseek_reference_answer(record: dict[str, Any], check: _Checker) -> st
 
 
 def rl_example_from_row(record: dict[str, Any], file: str, row: int) -> RLExample:
-    """One RL row -> :class:`RLExample`; the ground truth is normalised to ``list[str]``."""
+    """One RL row -> :class:`RLExample`; the ground truth is normalised to ``list[str]``.
+
+    Two shapes, told apart by their keys:
+
+    * **RL row**: a prompt key (``prompt`` / ``question`` / ``problem``) *and* a ground-truth key
+      (``ground_truth`` / ``answer`` / ``reward_model`` / ``final_answer``), read exactly as before
+      whatever else the row holds; optional ``expert`` (one trajectory, a string) or ``experts`` (a
+      list of strings) become :attr:`RLExample.experts` (null is the same as absent).
+    * **SFT row**, otherwise, when it has ``messages`` (AM-DeepSeek), ``conversations`` (ShareGPT)
+      or ``prompt`` + ``response``, any shape :func:`sft_example_from_row` accepts: the prompt is the
+      turns before the final assistant turn (the last of them must be a user turn), the ground truth
+      is the reference answer (``messages[0].info.reference_answer``, or the first user turn's
+      ``info`` when a system turn comes first; else a top-level ``reference_answer``; else a
+      ground-truth key as above), and ``experts`` is the final assistant turn's content. Without a
+      reference answer the row is a :class:`DataError` on ``messages[0].info.reference_answer``
+      (``reference_answer`` for the other shapes): the reward needs an answer. ``data_source`` is the
+      top-level one, else the AM-DeepSeek ``info.source``.
+
+    Any other row is read as an RL row, whose error names the missing prompt or ground truth.
+    """
     check = _Checker(file, row)
+    if not _has_rl_keys(record) and _has_sft_keys(record):
+        return _rl_example_from_sft_row(record, file, row, check)
     prompt_key = next((key for key in PROMPT_KEYS if key in record), None)
     if prompt_key is None:
         raise check.missing("prompt", "missing field 'prompt' (or 'question', or 'problem')")
@@ -188,10 +233,100 @@ def rl_example_from_row(record: dict[str, Any], file: str, row: int) -> RLExampl
     if ground_truth is None:
         raise check.missing("ground_truth", "missing field 'ground_truth' (or 'answer', 'reward_model.ground_truth', 'final_answer')")
 
+    data_source = _data_source(record, check)
+    return RLExample(
+        prompt=prompt,
+        ground_truth=ground_truth,
+        source=format_source(file, row),
+        data_source=data_source,
+        experts=_row_experts(record, check),
+    )
+
+
+def _has_rl_keys(record: dict[str, Any]) -> bool:
+    has_ground_truth = any(key.split(".", 1)[0] in record for key in GROUND_TRUTH_KEYS)
+    return has_ground_truth and any(key in record for key in PROMPT_KEYS)
+
+
+def _has_sft_keys(record: dict[str, Any]) -> bool:
+    return "messages" in record or "conversations" in record or ("prompt" in record and "response" in record)
+
+
+def _data_source(record: dict[str, Any], check: _Checker) -> str | None:
     data_source = record.get("data_source")
     if data_source is not None and not isinstance(data_source, str):
         raise check.wrong_type("data_source", "a string or null", data_source)
-    return RLExample(prompt=prompt, ground_truth=ground_truth, source=format_source(file, row), data_source=data_source)
+    return data_source
+
+
+def _row_experts(record: dict[str, Any], check: _Checker) -> tuple[str, ...]:
+    """An RL row's ``expert`` (a string) or ``experts`` (a list of strings); null counts as absent."""
+    expert, experts = record.get("expert"), record.get("experts")
+    if expert is not None and experts is not None:
+        raise check.bad_value("experts", "give 'expert' (one trajectory) or 'experts' (a list of them), not both")
+    if expert is not None:
+        return (check.text(expert, "expert"),)
+    if experts is None:
+        return ()
+    if not isinstance(experts, list):
+        raise check.wrong_type("experts", "a list of strings (expert trajectories)", experts)
+    return tuple(check.text(text, f"experts[{i}]") for i, text in enumerate(experts))
+
+
+def _rl_example_from_sft_row(record: dict[str, Any], file: str, row: int, check: _Checker) -> RLExample:
+    """An SFT row (any shape) as an RL prompt with its reference answer and its expert trajectory."""
+    sft = sft_example_from_row(record, file, row)
+    prompt, final = sft.messages[:-1], sft.messages[-1]
+    if prompt[-1]["role"] != "user":
+        raise check.bad_value(
+            _sft_role_field(record, len(prompt) - 1),
+            f"the last message before the final assistant turn must be from the user (it is the RL prompt), "
+            f"got {prompt[-1]['role']!r}",
+        )
+
+    ground_truth = None
+    if "messages" in record:
+        reference, field = _am_deepseek_reference_answer(record, check)
+        if reference is not None:
+            ground_truth = normalize_ground_truth(reference, check, field)
+    if ground_truth is None and record.get("reference_answer") is not None:
+        ground_truth = normalize_ground_truth(check.answer_text(record["reference_answer"], "reference_answer"), check, "reference_answer")
+    if ground_truth is None:
+        for key in GROUND_TRUTH_KEYS:
+            value, found = _lookup(record, key, check)
+            if found:
+                ground_truth = normalize_ground_truth(value, check, key)
+                break
+    if ground_truth is None:
+        field = AM_REFERENCE_FIELD if "messages" in record else "reference_answer"
+        raise check.missing(
+            field,
+            "no reference answer; an RL prompt needs an answer for the reward (AM-DeepSeek "
+            "messages[0].info.reference_answer, or a top-level 'reference_answer')",
+        )
+
+    data_source = _data_source(record, check)
+    if data_source is None and "messages" in record:
+        data_source = next(
+            (info["source"] for _, info in _am_deepseek_infos(record, check) if isinstance(info.get("source"), str)), None
+        )
+    return RLExample(
+        prompt=prompt,
+        ground_truth=ground_truth,
+        source=sft.source,
+        data_source=data_source,
+        experts=(final["content"],),
+    )
+
+
+def _sft_role_field(record: dict[str, Any], index: int) -> str:
+    """The field of message ``index`` of the normalised SFT messages in the row as written."""
+    if "messages" in record:
+        return f"messages[{index}].role"
+    if "conversations" in record:
+        offset = 1 if record.get("system") is not None else 0  # the system prompt beside the turns came first
+        return f"conversations[{index - offset}].from" if index >= offset else "system"
+    return f"prompt[{index}].role" if isinstance(record.get("prompt"), list) else "prompt"
 
 
 def _lookup(record: dict[str, Any], dotted_key: str, check: _Checker) -> tuple[Any, bool]:
@@ -297,6 +432,120 @@ def format_number(value: int | float, check: _Checker | None = None, field: str 
             return str(int(value))
         return repr(value)
     return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# expert trajectories for the synchronized SFT-RL algorithms (LUFFY / SRFT / UPT)
+
+
+def expert_join_key(messages: list[dict[str, str]]) -> str | None:
+    """What joins an SFT row to an RL prompt: the content of the last user message, stripped."""
+    return next((m["content"].strip() for m in reversed(messages) if m["role"] == "user"), None)
+
+
+def attach_experts(
+    examples: Iterable[RLExample],
+    sft_paths: str | Path | Iterable[str | Path],
+    *,
+    skip_bad_rows: bool = False,
+    counter: BadRowCounter | None = None,
+) -> list[RLExample]:
+    """The RL examples with the expert trajectories of the SFT files (``rl.expert_files``) joined on.
+
+    The SFT files are read with :func:`load_sft` (any accepted shape; bad rows are errors, or counted
+    skips with ``skip_bad_rows``). An SFT row matches an RL prompt when the content of their last
+    user message is the same (after ``strip()``); the final assistant turn of every matching row is
+    appended, in file order, to that prompt's :attr:`RLExample.experts` (after any it already had).
+    Returns new examples, in the same order; an unmatched prompt is returned unchanged. How many
+    prompts got at least one expert is logged (INFO; a WARNING when none did); a caller that wants
+    the number counts ``sum(1 for e in result if e.experts)``.
+    """
+    examples = list(examples)
+    paths = [sft_paths] if isinstance(sft_paths, (str, Path)) else list(sft_paths)
+    sft_examples = load_sft(paths, skip_bad_rows=skip_bad_rows, counter=counter)
+    by_prompt: dict[str, list[str]] = {}
+    for sft in sft_examples:
+        key = expert_join_key(sft.messages[:-1])
+        if key is not None:
+            by_prompt.setdefault(key, []).append(sft.messages[-1]["content"])
+    joined, matched, matched_keys = [], 0, set()
+    for example in examples:
+        key = expert_join_key(example.prompt)
+        found = by_prompt.get(key, []) if key is not None else []
+        if found:
+            matched += 1
+            matched_keys.add(key)
+            example = dataclasses.replace(example, experts=example.experts + tuple(found))
+        joined.append(example)
+    files = [str(path) for path in paths]
+    unused = sum(len(texts) for key, texts in by_prompt.items() if key not in matched_keys)
+    message = (
+        f"expert trajectories: {matched} of {len(examples)} RL prompts matched at least one of the "
+        f"{len(sft_examples)} SFT rows of {', '.join(files)} by prompt text ({unused} SFT rows matched no prompt)"
+    )
+    (logger.info if matched else logger.warning)(message)
+    return joined
+
+
+def require_experts(
+    examples: Iterable[RLExample],
+    needed: int,
+    *,
+    algorithm: str,
+    skip_bad_rows: bool = False,
+    counter: BadRowCounter | None = None,
+) -> list[RLExample]:
+    """The examples that have at least ``needed`` expert trajectories (``rl.algorithm`` trains on that
+    many per prompt).
+
+    An example with fewer is a :class:`DataError` on its file and row, field ``experts``; with
+    ``skip_bad_rows`` it is left out and counted in ``counter`` (a new counter, reported at the end,
+    when none is given). Every example skipped is a DataError too: nothing would be left to train on.
+    """
+    examples = list(examples)
+    if needed < 1:
+        return examples
+    report_at_end = counter is None
+    counter = BadRowCounter() if counter is None else counter
+    kept = []
+    for example in examples:
+        if len(example.experts) >= needed:
+            kept.append(example)
+            continue
+        error = _missing_experts_error(example, needed, algorithm)
+        if not skip_bad_rows:
+            raise error
+        counter.skip(error)
+    if report_at_end and skip_bad_rows:
+        counter.report()
+    if examples and not kept:
+        files = ", ".join(dict.fromkeys(parse_source(example.source)[0] for example in examples))
+        raise DataError(
+            files,
+            f"no RL prompt has the {needed} expert trajector{'y' if needed == 1 else 'ies'} that rl.algorithm="
+            f"{algorithm} needs ({len(examples)} skipped): {_EXPERT_SOURCES}",
+        )
+    return kept
+
+
+_EXPERT_SOURCES = (
+    "give SFT-format rows (AM-DeepSeek messages with info.reference_answer) as rl.train_files, "
+    "or join an SFT file by prompt text with rl.expert_files"
+)
+
+
+def _missing_experts_error(example: RLExample, needed: int, algorithm: str) -> DataError:
+    file, row = parse_source(example.source)
+    if needed == 1:
+        message = f"no expert trajectory for this prompt; rl.algorithm={algorithm} trains on one per prompt; {_EXPERT_SOURCES}"
+    else:
+        have = len(example.experts)
+        message = (
+            f"{'no' if have == 0 else f'only {have}'} expert trajector{'y' if have == 1 else 'ies'} for this "
+            f"prompt; rl.algorithm={algorithm} trains on {needed} per prompt (rl.algo.experts_per_prompt); "
+            f"{_EXPERT_SOURCES}"
+        )
+    return DataError(file, message, row=row, field="experts", reason="no expert trajectory")
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ predict. A template that is not prefix-stable (one that rewrites earlier turns, 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -99,6 +100,48 @@ def tokenize_prompt(messages: list[dict[str, str]], tokenizer: Any) -> list[int]
     """Token ids of a prompt with the generation prompt added (``... <|im_start|>assistant\\n``), for
     rollouts and evaluation."""
     return _encode(tokenizer, _render(tokenizer, messages, True, "prompt"))
+
+
+def tokenize_expert(
+    prompt_messages: list[dict[str, str]],
+    expert_text: str,
+    tokenizer: Any,
+    *,
+    source: str = "expert trajectory",
+) -> list[int]:
+    """Token ids of an expert trajectory as the assistant's reply to ``prompt_messages`` (LUFFY /
+    SRFT / UPT train on it beside the rollouts): exactly the tokens :func:`tokenize_sft` masks for
+    that turn, the content through its end-of-turn token (``<|im_end|>``) and not the template text
+    after it, so that ``tokenize_prompt(prompt_messages) + tokenize_expert(...)`` is a prefix of the
+    whole conversation's tokens. No length limit: the caller checks the response length.
+
+    A template whose masked tokens for the turn do not start right after the prompt's tokens, or are
+    not one contiguous run, is a :class:`ChatTemplateError` naming ``source``.
+    """
+    prompt_ids = tokenize_prompt(prompt_messages, tokenizer)
+    example = SFTExample(
+        messages=[*prompt_messages, {"role": "assistant", "content": expert_text}], reference_answer=None, source=source
+    )
+    tokenized = tokenize_sft(example, tokenizer, max_length=sys.maxsize)
+    assert tokenized is not None  # no limit, nothing is skipped
+    ids, mask = tokenized.input_ids, tokenized.loss_mask
+    start = len(prompt_ids)
+    if ids[:start] != prompt_ids:
+        raise ChatTemplateError(
+            f"{source}: the chat template renders the prompt differently when the expert's turn follows it "
+            "(the prompt's tokens are not a prefix of the conversation's), so the expert trajectory cannot "
+            "be tokenized as a response to that prompt"
+        )
+    positions = [j for j in range(start, len(ids)) if mask[j]]
+    if not positions or positions[0] != start or positions != list(range(start, positions[-1] + 1)):
+        first = positions[0] if positions else None
+        raise ChatTemplateError(
+            f"{source}: the chat template's assistant tokens for the expert trajectory are not one run right "
+            f"after the prompt's {start} tokens (masked positions start at {first}, {len(positions)} masked), so "
+            "it cannot be tokenized as a response to that prompt; use a template that writes the assistant's "
+            "content straight after the generation prompt"
+        )
+    return ids[start : positions[-1] + 1]
 
 
 def special_token_ids(tokenizer: Any) -> set[int]:

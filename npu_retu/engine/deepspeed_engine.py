@@ -219,8 +219,11 @@ class DeepSpeedEngine:
         self.ds.set_gradient_accumulation_boundary(last)
         self.ds.backward(loss * self.world_size, scale_wrt_gas=False)
 
-    def step(self) -> dict[str, float]:
-        """The accumulation boundary: reduce gradients, clip, optimizer step, schedule step."""
+    def step(self, skip_above: float | None = None) -> dict[str, float]:
+        """The accumulation boundary: reduce gradients, clip, optimizer step, schedule step.
+        (``skip_above`` is refused before training starts, ``npu_retu.trainer.rl.check_rl_scale``.)"""
+        if skip_above is not None:
+            raise UserError("rl.algo.skip_grad_norm needs engine.name=local")
         if not self.ds.is_gradient_accumulation_boundary():
             raise RuntimeError("DeepSpeedEngine.step() before the last micro-batch of the optimizer step")
         lr = self.optimizer.param_groups[0]["lr"]

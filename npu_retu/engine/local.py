@@ -91,9 +91,13 @@ class LocalEngine:
         rank's last micro-batch of the step) matters to DeepSpeed only."""
         loss.backward()
 
-    def step(self) -> dict[str, float]:
+    def step(self, skip_above: float | None = None) -> dict[str, float]:
         """Sum gradients over the ranks, clip, apply the optimizer, advance the schedule; returns the
-        grad norm (before clipping) and lr."""
+        grad norm (before clipping) and lr.
+
+        ``skip_above`` (UPT's ``max_grad_norm`` 80, ``mix_actor.py`` ``_optimizer_step``): when the
+        norm before clipping exceeds it, or is not finite, the gradients are dropped and the optimizer
+        does not step (the schedule still advances); the result then also has ``skipped`` (1 or 0)."""
         max_norm = self.optim_cfg.max_grad_norm
         all_reduce_gradients(list(self.model.parameters()), self.world_size)
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -102,10 +106,15 @@ class LocalEngine:
         else:
             grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])))
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        skipped = skip_above is not None and not (grad_norm <= skip_above)  # (nan / inf skip too)
+        if not skipped:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"grad_norm": grad_norm, "lr": lr}
+        out = {"grad_norm": grad_norm, "lr": lr}
+        if skip_above is not None:
+            out["skipped"] = float(skipped)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}

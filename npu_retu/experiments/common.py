@@ -103,6 +103,7 @@ def checkpoint_path(sft_done: dict[str, Any], step: int) -> Path:
 def evaluate_checkpoints(cfg: Config, root: Path, name: str, sft_done: dict[str, Any], steps: list[int], *, say: Say) -> list[dict[str, Any]]:
     """Score SFT checkpoints on ``cfg.eval`` exactly as an RL run scores its step 0 (same problems,
     sampling and seed): the Pure-SFT curve, one point ``{step, flops, avg_at_n, ...}`` per checkpoint.
+    Step 0 is the starting model itself (``cfg.model.path``, 0 FLOPs).
     """
     from npu_retu.eval.runner import evaluate
     from npu_retu.models.modeling import load_model, load_tokenizer
@@ -129,8 +130,10 @@ def evaluate_checkpoints(cfg: Config, root: Path, name: str, sft_done: dict[str,
         with make_reward(cfg.rl.reward.name, num_workers=cfg.rl.reward.num_workers, timeout_s=cfg.rl.reward.timeout_s) as reward:
             for step in todo:
                 t0 = time.perf_counter()
-                model_dir = checkpoint_path(sft_done, step)
-                tokenizer = load_tokenizer(str(model_dir), trust_remote_code=cfg.model.trust_remote_code)
+                # step 0: the model the SFT run started from (the base), as an RL run's step 0 scores it
+                model_dir = checkpoint_path(sft_done, step) if step else cfg.model.path
+                tokenizer = load_tokenizer(str(model_dir if step else cfg.model.tokenizer or cfg.model.path),
+                                           trust_remote_code=cfg.model.trust_remote_code)
                 model = load_model(str(model_dir), cfg.model.dtype, cfg.model.attn_implementation,
                                    trust_remote_code=cfg.model.trust_remote_code)
                 rollout = TransformersRollout(model, tokenizer, batch_size=cfg.rl.rollout.batch_size)
@@ -138,7 +141,7 @@ def evaluate_checkpoints(cfg: Config, root: Path, name: str, sft_done: dict[str,
                     rollout, tokenizer, examples, reward.score, n=e.n, temperature=e.temperature, top_p=e.top_p,
                     max_new_tokens=e.max_new_tokens or cfg.rl.max_response_length, seed=e.seed, ks=tuple(e.ks),
                 )
-                point = {"step": step, "flops": flops_at[step], "checkpoint": str(model_dir), **result.to_dict(),
+                point = {"step": step, "flops": flops_at.get(step, 0.0), "checkpoint": str(model_dir), **result.to_dict(),
                          "seconds": time.perf_counter() - t0}
                 write_json_atomic(folder / f"step-{step:06d}.json", point)
                 points.append(point)
@@ -147,23 +150,59 @@ def evaluate_checkpoints(cfg: Config, root: Path, name: str, sft_done: dict[str,
     return [{k: v for k, v in p.items() if k != "scores"} for p in points]
 
 
+def with_rl_algorithm(cfg: Config, algorithm: str) -> Config:
+    """``cfg`` with ``rl.algorithm`` switched to ``algorithm`` and ``rl.algo`` refilled from its preset
+    (:data:`npu_retu.algos.presets.RL_PRESETS`) as the config loader would have filled it.
+
+    The loader lets keys given under ``rl.algo`` win over the preset; a loaded config no longer
+    says which keys were given, so the settings of ``cfg.rl.algo`` that differ from what its own
+    preset (over the defaults) gives are taken as given and kept (the demo's ``max_draws: 2``, say).
+    ``rl.optim`` is left alone: pass the learning rate an algorithm needs (``rl_stage(lr=...)``).
+    """
+    from npu_retu.algos.presets import RL_PRESETS
+    from npu_retu.config import AlgoConfig
+
+    if algorithm == cfg.rl.algorithm:
+        return cfg
+    if algorithm not in RL_PRESETS:
+        raise UserError(f"rl.algorithm {algorithm!r}: not a preset; choose one of {', '.join(RL_PRESETS)}")
+    defaults = dataclasses.asdict(AlgoConfig())
+    own = {**defaults, **RL_PRESETS.get(cfg.rl.algorithm, {})}
+    given = {k: v for k, v in dataclasses.asdict(cfg.rl.algo).items() if own.get(k) != v}
+    algo = AlgoConfig(**{**defaults, **RL_PRESETS[algorithm], **given})
+    out = dataclasses.replace(cfg, rl=dataclasses.replace(cfg.rl, algorithm=algorithm, algo=algo))
+    out.validate()
+    return out
+
+
 def rl_stage(cfg: Config, root: Path, name: str, model_path: str | Path, *, say: Say, quiet: bool = False,
-             **rl_fields: Any) -> dict[str, Any]:
+             algorithm: str | None = None, lr: float | None = None, **rl_fields: Any) -> dict[str, Any]:
     """An RL run at ``root/name`` from ``model_path`` (or its saved result when it already finished).
 
-    ``rl_fields`` replace fields of ``cfg.rl`` (``max_steps``, ``max_flops``, ``eval_every``, ...).
-    Returns ``{run_dir, model_path, steps, flops, evals, seconds}``.
+    ``algorithm`` switches the RL preset (:func:`with_rl_algorithm`), ``lr`` replaces ``rl.optim.lr``,
+    and ``rl_fields`` replace fields of ``cfg.rl`` (``max_steps``, ``max_flops``, ``eval_every``,
+    ``train_files``, ...). A finished run is reused only with the same starting model, algorithm,
+    training files and learning rate. Returns ``{run_dir, model_path, algorithm, train_files, lr,
+    steps, flops, evals, seconds}``.
     """
     from npu_retu.trainer.rl import train_rl
 
     folder = root / name
+    run_cfg = with_rl_algorithm(cfg, algorithm) if algorithm else cfg
+    if lr is not None:
+        rl_fields["optim"] = dataclasses.replace(run_cfg.rl.optim, lr=lr)
+    run_cfg = stage_config(run_cfg, root, name, rl=rl_fields)
+    run_cfg = dataclasses.replace(run_cfg, model=dataclasses.replace(run_cfg.model, path=str(model_path), tokenizer=None))
+    settings = {"algorithm": run_cfg.rl.algorithm, "train_files": list(run_cfg.rl.train_files), "lr": run_cfg.rl.optim.lr}
     done = read_done(folder)
     if done is not None:
         check_same(folder, "starting model", done["model_path"], str(model_path))
+        recorded = _recorded_rl_settings(folder, done)
+        for key, value in settings.items():
+            if key in recorded:
+                check_same(folder, f"rl {key}", recorded[key], value)
         say(f"[{name}] RL finished earlier: {done['steps']} steps")
         return done
-    run_cfg = stage_config(cfg, root, name, rl=rl_fields)
-    run_cfg = dataclasses.replace(run_cfg, model=dataclasses.replace(run_cfg.model, path=str(model_path), tokenizer=None))
     resume = (folder / "checkpoints").is_dir()
     say(f"[{name}] RL ({run_cfg.rl.algorithm}) from {model_path}" + (" (resuming)" if resume else ""))
     t0 = time.perf_counter()
@@ -171,6 +210,7 @@ def rl_stage(cfg: Config, root: Path, name: str, model_path: str | Path, *, say:
     done = {
         "run_dir": str(folder),
         "model_path": str(model_path),
+        **settings,
         "steps": result.steps,
         "flops": result.flops,
         "evals": result.evals,
@@ -180,6 +220,22 @@ def rl_stage(cfg: Config, root: Path, name: str, model_path: str | Path, *, say:
     first, last = result.evals[0], result.evals[-1]
     say(f"[{name}] RL done: {result.steps} steps in {done['seconds']:.0f} s; score {100 * first['avg_at_n']:.1f}% -> {100 * last['avg_at_n']:.1f}%")
     return done
+
+
+def _recorded_rl_settings(folder: Path, done: dict[str, Any]) -> dict[str, Any]:
+    """Algorithm, training files and learning rate of a finished RL stage: from its ``done.json``, or
+    (a stage finished by an older npu-retu) from the run's ``config.yaml``."""
+    keys = ("algorithm", "train_files", "lr")
+    if all(k in done for k in keys):
+        return {k: done[k] for k in keys}
+    import yaml
+
+    try:
+        rl = (yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}).get("rl") or {}
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):
+        return {k: done[k] for k in keys if k in done}
+    found = {"algorithm": rl.get("algorithm"), "train_files": rl.get("train_files"), "lr": (rl.get("optim") or {}).get("lr")}
+    return {k: done.get(k, found[k]) for k in keys if done.get(k, found[k]) is not None}
 
 
 def command_line() -> str:

@@ -6,9 +6,16 @@ train on data and a model built here, on first use, into a cache folder::
     $NPU_RETU_CACHE (default ~/.cache/npu-retu)/embedded-v{EMBEDDED_VERSION}/
         sft-val.jsonl  rl-test.jsonl         held-out sets (their problems are in no training set)
         rl-train.jsonl  sft-uniform-2k.jsonl ...
+        rl-uniform-1k.jsonl  mix-uniform-1k.jsonl ...
         pretrain-text.jsonl                  {"text": ...} documents for the base model
         tokenizer/                           byte-level BPE, ChatML template
         base/                                the pretrained base model (HF layout, tokenizer inside)
+
+Training sets: ``sft-{easy|uniform|hard}-{N}`` (AM-DeepSeek rows with an R1-style expert
+trajectory), ``rl-{easy|uniform|hard}-{N}`` (Skywork-OR1 prompts with ground truth), and
+``mix-{easy|uniform|hard}-{N}``: the very problems of ``rl-{d}-{N}`` (same order) written as
+AM-DeepSeek rows with an expert trajectory each, drawn like the sft sets' (its own stream), i.e. RL
+prompts augmented with expert trajectories, like the paper's MIX37K, for LUFFY / SRFT / UPT.
 
 Configs name them ``embedded:<name>`` (``resolve``). Every artifact is built in a ``.tmp-*`` folder
 or file and renamed into place under an ``fcntl`` lock, so parallel processes never race and never
@@ -55,6 +62,9 @@ SEEDS = {
     "rl-easy": 2_001,
     "rl-uniform": 2_002,
     "rl-hard": 2_003,
+    "mix-easy": 3_001,  # the trajectories only: a mix set's problems are its rl set's (rl-<d> seed)
+    "mix-uniform": 3_002,
+    "mix-hard": 3_003,
     "base-model": 0,
 }
 SFT_VAL_SIZE = 199  # like the paper's Val-199
@@ -340,6 +350,7 @@ def parse_size(text: str) -> int:
 
 _SFT_NAME = re.compile(r"sft-(easy|uniform|hard)-(\w+)")
 _RL_NAME = re.compile(r"rl-(easy|uniform|hard)-(\w+)")
+_MIX_NAME = re.compile(r"mix-(easy|uniform|hard)-(\w+)")
 FIXED_NAMES = ("base", "tokenizer", "sft-val", "rl-train", "rl-test", "pretrain-text")
 
 
@@ -352,10 +363,20 @@ def _build_sft(name: str, out: Path) -> None:
     synthetic.write_jsonl(out, sft_rows(problems, seed))
 
 
+def rl_set_problems(difficulty: str, size: int) -> list[synthetic.Problem]:
+    """The problems of ``rl-{difficulty}-{size}`` (and of ``mix-{difficulty}-{size}``), in order."""
+    return synthetic.generate_problems(size, difficulty, SEEDS[f"rl-{difficulty}"], exclude=held_out_keys())
+
+
 def _build_rl_set(difficulty: str, size: int, out: Path) -> None:
     """RL prompts of one difficulty; drawn from their own seed, disjoint from the held-out sets."""
-    problems = synthetic.generate_problems(size, difficulty, SEEDS[f"rl-{difficulty}"], exclude=held_out_keys())
-    synthetic.write_jsonl(out, [synthetic.rl_row(p) for p in problems])
+    synthetic.write_jsonl(out, [synthetic.rl_row(p) for p in rl_set_problems(difficulty, size)])
+
+
+def _build_mix_set(difficulty: str, size: int, out: Path) -> None:
+    """The rl set's problems as AM-DeepSeek SFT rows, each with an expert trajectory drawn by the sft
+    sets' generator from the mix set's own stream (``SEEDS["mix-<d>"]``)."""
+    synthetic.write_jsonl(out, sft_rows(rl_set_problems(difficulty, size), SEEDS[f"mix-{difficulty}"]))
 
 
 def _build_sft_val(out: Path) -> None:
@@ -468,10 +489,16 @@ def _artifact(name: str) -> tuple[str, Callable[[Path], None]]:
         difficulty, size = match.group(1), parse_size(match.group(2))
         canonical = f"rl-{difficulty}-{size // 1000}k" if size % 1000 == 0 else f"rl-{difficulty}-{size}"
         return f"{canonical}.jsonl", lambda out: _build_rl_set(difficulty, size, out)
+    match = _MIX_NAME.fullmatch(name)
+    if match is not None:
+        difficulty, size = match.group(1), parse_size(match.group(2))
+        canonical = f"mix-{difficulty}-{size // 1000}k" if size % 1000 == 0 else f"mix-{difficulty}-{size}"
+        return f"{canonical}.jsonl", lambda out: _build_mix_set(difficulty, size, out)
     raise UserError(
         f"unknown embedded name {PREFIX + name!r}; choose one of "
         + ", ".join(PREFIX + n for n in FIXED_NAMES)
-        + f", {PREFIX}sft-{{easy|uniform|hard}}-{{N}}, {PREFIX}rl-{{easy|uniform|hard}}-{{N}} (N like 1k, 2k, 10k, 100k or a plain integer)"
+        + f", {PREFIX}sft-{{easy|uniform|hard}}-{{N}}, {PREFIX}rl-{{easy|uniform|hard}}-{{N}}, "
+        + f"{PREFIX}mix-{{easy|uniform|hard}}-{{N}} (N like 1k, 2k, 10k, 100k or a plain integer)"
     )
 
 

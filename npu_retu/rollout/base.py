@@ -72,6 +72,8 @@ class Trajectory:
     decoded response without the end-of-sequence token and cut before a stop string.
     ``logprobs[t]`` belongs to ``response_ids[t]`` (see the module docstring for which distribution).
     ``finish_reason`` is "stop" (end-of-sequence or stop string) or "length" (``max_new_tokens``).
+    ``expert`` marks an expert trajectory from the data (LUFFY / SRFT / UPT put them beside the
+    rollouts): not sampled, so it has no ``logprobs``.
     """
 
     prompt_index: int
@@ -81,6 +83,7 @@ class Trajectory:
     text: str
     logprobs: list[float]
     finish_reason: Literal["stop", "length"]
+    expert: bool = False
 
     @property
     def num_response_tokens(self) -> int:

@@ -1,4 +1,5 @@
-"""RL with verifiable rewards: GRPO, DAPO_d and DAPO_dc (paper §3.2, Eq. 2-4; Appendix B).
+"""RL with verifiable rewards: GRPO, DAPO_d and DAPO_dc (paper §3.2, Eq. 2-4; Appendix B), and the
+synchronized SFT-RL baselines LUFFY, SRFT and UPT (§3.3, Eq. 4-8) on the same loop.
 
 One plain loop, top to bottom; each RL step is
 
@@ -10,6 +11,13 @@ One plain loop, top to bottom; each RL step is
 with held-out evaluation every ``rl.eval_every`` steps, so every run yields (cumulative RL compute,
 score) points for the ceiling fit (Eq. 11-12). Compute follows Appendix C, Eq. 22: every generated
 sequence costs one forward pass, every trained sequence three per PPO epoch.
+
+LUFFY / SRFT / UPT (their loss's ``experts`` is "mixed" or "gated"): each prompt brings its expert
+trajectory from the data (``rl.train_files`` in SFT format, or joined by ``rl.expert_files``); it is
+scored with the rollouts and put into the group by :func:`npu_retu.algos.mixed_group` (N of n,
+beside n - N rollouts) or :func:`npu_retu.algos.gated_group` (in place of the n rollouts when the
+gate sends the prompt to SFT). The update trains on every sample of the kept groups as for GRPO; the
+loss tells expert rows from rollouts. Compute follows Eq. 24 (LUFFY, SRFT) and Eq. 25-27 (UPT).
 
 One function per stage: :func:`collect_groups` up to the filter (:func:`draw_groups` makes one
 generation batch, :func:`npu_retu.algos.fill_batch` is DAPO's filter and refill), and
@@ -43,22 +51,31 @@ from typing import Any, Iterator
 
 import torch
 
-from npu_retu.algos import Group, PolicyBatch, RolloutBatch, advantages_of_group, build_loss, fill_batch
+from npu_retu.algos import (
+    Group,
+    PolicyBatch,
+    RolloutBatch,
+    advantages_of_group,
+    build_loss,
+    fill_batch,
+    gated_group,
+    mixed_group,
+)
 from npu_retu.algos.logprobs import response_token_logprobs
 from npu_retu.config import Config, RLConfig
-from npu_retu.data.errors import BadRowCounter, DataError
-from npu_retu.data.schemas import RLExample, load_rl
-from npu_retu.data.tokenize import tokenize_prompt
+from npu_retu.data.errors import BadRowCounter, DataError, parse_source
+from npu_retu.data.schemas import RLExample, attach_experts, load_rl, require_experts
+from npu_retu.data.tokenize import tokenize_expert, tokenize_prompt
 from npu_retu.distributed import process_group as pg
 from npu_retu.distributed.process_group import RankInfo
 from npu_retu.engine import build_engine
 from npu_retu.errors import UserError
 from npu_retu.eval.runner import evaluate, merge_results
-from npu_retu.flops import ModelShape, tokens_flops
+from npu_retu.flops import ModelShape, hybrid_step_flops, tokens_flops, upt_step_flops
 from npu_retu.models.modeling import load_model, resolve_path
 from npu_retu.report.metrics import WeightedSums, max_over_ranks, sum_over_ranks, write_json_atomic
 from npu_retu.reward import make_reward
-from npu_retu.rollout import SamplingParams, build_rollout
+from npu_retu.rollout import SamplingParams, Trajectory, build_rollout
 from npu_retu.trainer import checkpoint as ckpt
 from npu_retu.trainer.setup import Run, init_compute, open_run
 
@@ -80,6 +97,8 @@ class Sample:
     response_ids: list[int]
     advantage: float  # its group's advantage (Eq. 2), every response token's A_{i,t}
     rollout_logprobs: list[float]  # what the rollout engine sampled with (the drift metric)
+    expert: bool = False  # an expert trajectory from the data (LUFFY / SRFT / UPT), not a rollout
+    correct: bool = False  # reward >= 1 (SRFT weighs correct and wrong rollouts differently)
 
 
 class PromptSampler:
@@ -144,6 +163,12 @@ def check_rl_scale(cfg: Config) -> None:
             "engine.zero_stage=3 with RL: the rollout generates with the training model, and under ZeRO-3 every "
             "decoded token would gather all the weights (and ranks decode different lengths); use zero_stage 1 or 2"
         )
+    if cfg.engine.name == "deepspeed" and cfg.rl.algo.skip_grad_norm is not None:
+        raise UserError(
+            f"rl.algo.skip_grad_norm={cfg.rl.algo.skip_grad_norm} (UPT's skipped steps) needs engine.name=local: "
+            "DeepSpeed's ZeRO optimizer clips and steps in one call, with no pre-step norm to skip on; "
+            "set rl.algo.skip_grad_norm=null to run UPT on DeepSpeed without the skip"
+        )
 
 
 def train_rl(
@@ -178,7 +203,7 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
         reference_model.requires_grad_(False)
 
     counter = BadRowCounter()
-    prompts, examples = load_rl_prompts(rl.train_files, run.tokenizer, rl.max_prompt_length, cfg.data.skip_bad_rows, counter)
+    prompts, examples, experts = load_rl_prompts(rl, run.tokenizer, cfg.data.skip_bad_rows, counter)
     test_examples = load_eval_examples(cfg, counter)
     sampler = PromptSampler(len(examples), cfg.run.seed, cfg.data.shuffle)
     optimizer_steps = rl.max_steps * rl.ppo_epochs * (rl.train_batch_prompts // rl.mini_batch_prompts)
@@ -218,9 +243,11 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
         while step < rl.max_steps and not compute_spent(rl, flops):
             t_step, timer, reward_before = time.perf_counter(), Stopwatch(), reward.stats()
             # prompts -> rollout -> reward -> group advantages (Eq. 2) -> dynamic-sampling filter
-            batch = collect_groups(step, sampler, prompts, examples, rollout, reward, rl, cfg.run.seed, ranks, timer)
+            batch = collect_groups(step, sampler, prompts, examples, experts, rollout, reward, rl, cfg.run.seed, ranks, timer)
             rollout.sleep()  # hands its accelerator memory to training where the platform can (rl.rollout.sleep_level)
             row = {**rollout_metrics(batch.generated, batch.kept), **{f"ds/{k}": float(v) for k, v in batch.stats.items()}}
+            if algo.experts is not None:
+                row.update(expert_metrics(batch, algo.experts))
             train_lens: list[int] = []
             if batch.kept:
                 # old log-probs -> for each PPO epoch and mini-batch: log-probs -> loss (Eq. 3-4) -> step
@@ -234,8 +261,13 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
             else:  # the draw budget ended with nothing to learn from: count the step, skip the update
                 row["train/skipped_update"] = 1.0
             backend.synchronize()
-            gen_lens = [len(g.prompt_ids) + len(t.response_ids) for g in batch.generated for t in g.trajectories]
-            step_flops = rl_step_flops(shape, gen_lens, train_lens, rl.ppo_epochs)
+            gen_lens = generated_lengths(batch, algo.experts)
+            counts = flops_counts(batch, gen_lens)
+            if algo.experts is None or not batch.kept:
+                step_flops = rl_step_flops(shape, gen_lens, train_lens, rl.ppo_epochs)
+            else:
+                step_flops = synchronized_step_flops(shape, counts, algo.experts, rl.ppo_epochs)
+            row.update(counts)
             step, flops = step + 1, flops + step_flops
             dt = time.perf_counter() - t_step
             elapsed += dt
@@ -279,7 +311,8 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
 def rl_loss(rl: RLConfig) -> Any:
     """The registered loss ``rl.algo.loss`` names, with the algorithm's settings, ``rl.kernels`` and
     the log-probs at the rollout temperature."""
-    return build_loss(rl.algo.loss, algo=rl.algo, kernels=rl.kernels, temperature=rl.rollout.temperature)
+    return build_loss(rl.algo.loss, algo=rl.algo, kernels=rl.kernels, temperature=rl.rollout.temperature,
+                      max_response_length=rl.max_response_length)
 
 
 def compute_spent(rl: RLConfig, flops: float) -> bool:
@@ -292,24 +325,26 @@ def compute_spent(rl: RLConfig, flops: float) -> bool:
 
 
 def collect_groups(
-    step: int, sampler: PromptSampler, prompts: list[list[int]], examples: list[RLExample], rollout: Any, reward: Any,
-    rl: RLConfig, run_seed: int, ranks: RankInfo, timer: Stopwatch,
+    step: int, sampler: PromptSampler, prompts: list[list[int]], examples: list[RLExample], experts: list[list[list[int]]],
+    rollout: Any, reward: Any, rl: RLConfig, run_seed: int, ranks: RankInfo, timer: Stopwatch,
 ) -> RolloutBatch:
     """One step's groups: generation batches of :func:`draw_groups` through DAPO's dynamic-sampling
     filter (:func:`npu_retu.algos.fill_batch`) until ``rl.train_batch_prompts`` groups are kept or
     ``rl.algo.max_draws`` batches were drawn; GRPO (no dynamic sampling): one batch, all kept."""
-    draw = functools.partial(draw_groups, step=step, sampler=sampler, prompts=prompts, examples=examples, rollout=rollout,
-                             reward=reward, rl=rl, run_seed=run_seed, ranks=ranks, timer=timer)
+    draw = functools.partial(draw_groups, step=step, sampler=sampler, prompts=prompts, examples=examples, experts=experts,
+                             rollout=rollout, reward=reward, rl=rl, run_seed=run_seed, ranks=ranks, timer=timer)
     dynamic = rl.algo.dynamic_sampling
     return fill_batch(draw, rl.train_batch_prompts, rl.algo.max_draws if dynamic else 1, rl.algo.n, filter=dynamic)
 
 
 def draw_groups(
-    draw: int, *, step: int, sampler: PromptSampler, prompts: list[list[int]], examples: list[RLExample], rollout: Any,
-    reward: Any, rl: RLConfig, run_seed: int, ranks: RankInfo, timer: Stopwatch,
+    draw: int, *, step: int, sampler: PromptSampler, prompts: list[list[int]], examples: list[RLExample],
+    experts: list[list[list[int]]], rollout: Any, reward: Any, rl: RLConfig, run_seed: int, ranks: RankInfo, timer: Stopwatch,
 ) -> list[Group]:
     """Generation batch ``draw`` of step ``step``: the next prompts -> ``rl.algo.n`` rollouts each ->
-    rewards -> group advantages (Eq. 2).
+    rewards -> group advantages (Eq. 2). LUFFY / SRFT: n - N rollouts and the prompt's N expert
+    trajectories (``experts[i]``, token ids) scored together, advantages over all n; UPT: n rollouts,
+    and the gate may swap them for the expert (:mod:`npu_retu.algos.synchronized`).
 
     Every rank takes the same prompts, generates and scores every world_size-th of them (seeded by
     its place in the run, :func:`rollout_seed`), and the groups are gathered, so that every rank holds
@@ -320,17 +355,33 @@ def draw_groups(
     mine = indices[ranks.rank :: ranks.world_size]
     groups = []
     if mine:
-        params = SamplingParams(n=algo.n, temperature=rl.rollout.temperature, top_p=rl.rollout.top_p,
+        g = algo.rollouts_per_prompt
+        params = SamplingParams(n=g, temperature=rl.rollout.temperature, top_p=rl.rollout.top_p,
                                 max_new_tokens=rl.max_response_length, seed=rollout_seed(run_seed, step, draw, ranks.rank))
         with timer("rollout"):
             trajectories = rollout.generate([prompts[i] for i in mine], params)
+        n_expert = {"mixed": algo.experts_per_prompt, "gated": 1}.get(algo.experts, 0)
+        expert_trajectories = [expert_trajectory(j, g + k, prompts[i], experts[i][k], examples[i].experts[k])
+                               for j, i in enumerate(mine) for k in range(n_expert)]
         with timer("reward"):
-            rewards = reward.score([(t.text, examples[mine[t.prompt_index]].ground_truth) for t in trajectories])
+            rewards = reward.score([(t.text, examples[mine[t.prompt_index]].ground_truth) for t in trajectories + expert_trajectories])
+        rewards, expert_rewards = rewards[: len(trajectories)], rewards[len(trajectories) :]
         for j, i in enumerate(mine):
-            group_rewards = rewards[j * algo.n : (j + 1) * algo.n]
-            advantages = advantages_of_group(group_rewards, algo.adv_estimator, algo.normalize_std)
-            groups.append(Group(i, prompts[i], trajectories[j * algo.n : (j + 1) * algo.n], group_rewards, advantages))
+            mine_t, mine_r = trajectories[j * g : (j + 1) * g], rewards[j * g : (j + 1) * g]
+            mine_e, mine_er = expert_trajectories[j * n_expert : (j + 1) * n_expert], expert_rewards[j * n_expert : (j + 1) * n_expert]
+            if algo.experts == "mixed":
+                groups.append(mixed_group(i, prompts[i], mine_t, mine_e, mine_r + mine_er))
+            elif algo.experts == "gated":
+                groups.append(gated_group(i, prompts[i], mine_t, mine_e[0], mine_r, mine_er[0], algo.gate))
+            else:
+                advantages = advantages_of_group(mine_r, algo.adv_estimator, algo.normalize_std)
+                groups.append(Group(i, prompts[i], mine_t, mine_r, advantages))
     return pg.interleave(pg.all_gather_objects(groups))  # back in the order of `indices`
+
+
+def expert_trajectory(prompt_index: int, sample_index: int, prompt_ids: list[int], response_ids: list[int], text: str) -> Trajectory:
+    """An expert trajectory from the data as a group member beside the rollouts (no log-probs: not sampled)."""
+    return Trajectory(prompt_index, sample_index, prompt_ids, list(response_ids), text, [], "stop", expert=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +390,7 @@ def draw_groups(
 
 # metrics that are a micro-batch's share of the mini-batch's loss (normalised by the mini-batch's
 # global token count): summed over the mini-batch's micro-batches (and ranks), not averaged
-MINI_BATCH_SUMS = ("pg_loss", "kl_ref")
+MINI_BATCH_SUMS = ("pg_loss", "kl_ref", "sft_loss")
 
 
 def policy_update(
@@ -354,7 +405,8 @@ def policy_update(
     every rank's micro-batches; ``actor/pg_loss`` the mean mini-batch loss) and the token length of
     every trained sequence.
     """
-    samples = [Sample(g.prompt_ids, t.response_ids, a, t.logprobs) for g in groups for t, a in zip(g.trajectories, g.advantages)]
+    samples = [Sample(g.prompt_ids, t.response_ids, a, t.logprobs, expert=t.expert, correct=r >= 1.0)
+               for g in groups for t, a, r in zip(g.trajectories, g.advantages, g.rewards)]
     # Which rank trains which sequence, decided up front (the same on every rank): the shuffled
     # order of each PPO epoch, cut into mini-batches, every world_size-th sequence to a rank.
     order_rng = random.Random(seed)
@@ -366,7 +418,8 @@ def policy_update(
     mine = sorted({i for minis in epochs for mini in minis for i in mini[ranks.rank :: ranks.world_size]})
 
     with timer("logprobs"):  # the policy that generated the samples, before any update of this step
-        old = old_logprobs(engine.model, samples, mine, rl, pad_id, engine.device)
+        # (an expert trajectory has no old policy: no losses here use one)
+        old = old_logprobs(engine.model, samples, [i for i in mine if not samples[i].expert], rl, pad_id, engine.device)
         ref = old_logprobs(reference_model, samples, mine, rl, pad_id, engine.device) if reference_model is not None else None
 
     totals = WeightedSums()  # this rank's share, added up over the ranks at the end
@@ -379,11 +432,12 @@ def policy_update(
                     "is_capped_frac": float((weights >= rl.rollout.is_cap).float().mean()) if weights.numel() else 0.0},
                    weight=weights.numel())
 
-    optimizer_steps = 0
+    optimizer_steps, skipped_steps = 0, 0
     with timer("update"):
         for minis in epochs:
             for mini in minis:
-                counts = {"global_token_count": sum(len(samples[i].response_ids) for i in mini), "global_seq_count": len(mini)}
+                counts = {"global_token_count": sum(len(samples[i].response_ids) for i in mini), "global_seq_count": len(mini),
+                          "global_expert_token_count": sum(len(samples[i].response_ids) for i in mini if samples[i].expert)}
                 micros = _chunks(mini[ranks.rank :: ranks.world_size], rl.micro_batch_size)
                 # a rank with no sequence in this mini-batch still joins the gradient reduction: one
                 # forward/backward on the mini-batch's first sequence, with weight 0
@@ -394,9 +448,13 @@ def policy_update(
                     loss, metrics = loss_fn(engine.module, batch)
                     engine.backward(loss * weight, last=number == len(micros) - 1)
                     tokens = int(metrics.pop("tokens"))
+                    own_weights = metrics.pop("weights", {})  # metrics averaged over other counts than all tokens
                     totals.add({k: metrics.pop(k) for k in MINI_BATCH_SUMS if k in metrics}, weight=weight)
-                    totals.add(metrics, weight=tokens if weight else 0)  # token-weighted (every rank, the same names)
-                totals.add(engine.step())  # grad_norm, lr: means over the optimizer steps
+                    for name, value in metrics.items():  # token-weighted (every rank, the same names)
+                        totals.add({name: value}, weight=own_weights.get(name, tokens) if weight else 0)
+                stepped = engine.step(skip_above=rl.algo.skip_grad_norm)  # grad_norm, lr: means over the optimizer steps
+                skipped_steps += int(stepped.pop("skipped", 0))
+                totals.add(stepped)
                 optimizer_steps += 1
 
     totals = totals.over_ranks()
@@ -404,6 +462,8 @@ def policy_update(
     out.update({f"actor/{k}": totals.sums[k] / max(1, optimizer_steps) for k in MINI_BATCH_SUMS if k in totals.sums})
     out["actor/logprob_drift_max"] = max_over_ranks({"drift": drift_max})["drift"]
     out["actor/advantage_abs_mean"] = sum(abs(s.advantage) for s in samples) / max(1, len(samples))
+    if rl.algo.skip_grad_norm is not None:
+        out["actor/skipped_steps"] = float(skipped_steps)  # grad norm above rl.algo.skip_grad_norm (the same on every rank)
     return out, [len(s.prompt_ids) + len(s.response_ids) for s in samples]
 
 
@@ -423,13 +483,13 @@ def truncated_is_weights(samples: list[Sample], indices: list[int], old: dict[in
     """Truncated importance sampling (TIS, ``rl.rollout.is_correction: tis``): per response token,
     ``min(pi_old(y_t) / pi_rollout(y_t), cap) = min(exp(logp_old - logp_rollout), cap)``, the weight
     that corrects for the rollout engine sampling from a slightly different distribution than the
-    trainer's (verl and TRL's TIS). 1 where the engine reported no log-probs."""
+    trainer's (verl and TRL's TIS). 1 where the engine reported no log-probs and on expert trajectories."""
     out = {}
     for i in indices:
         if samples[i].rollout_logprobs:
             out[i] = torch.exp(old[i] - torch.tensor(samples[i].rollout_logprobs, dtype=torch.float32)).clamp(max=cap)
-        else:
-            out[i] = torch.ones_like(old[i])
+        else:  # (an expert trajectory: not sampled, no old policy)
+            out[i] = torch.ones(len(samples[i].response_ids), dtype=torch.float32)
     return out
 
 
@@ -451,7 +511,8 @@ def old_logprobs(
 
 def policy_batch(
     samples: list[Sample], indices: list[int], old: dict[int, torch.Tensor], ref: dict[int, torch.Tensor] | None, pad_id: int,
-    device: Any, *, global_token_count: int, global_seq_count: int, is_weights: dict[int, torch.Tensor] | None = None,
+    device: Any, *, global_token_count: int, global_seq_count: int, global_expert_token_count: int = 0,
+    is_weights: dict[int, torch.Tensor] | None = None,
 ) -> PolicyBatch:
     """The :class:`PolicyBatch` of ``samples[i]`` for ``i`` in ``indices``: the padded rows, their
     response mask, old (and reference) log-probs and advantages.
@@ -461,6 +522,8 @@ def policy_batch(
     this weights every token's loss term by ``w_{i,t}``, as TIS does, on every kernel path."""
     rows = make_rl_batch([(samples[i].prompt_ids, samples[i].response_ids) for i in indices], pad_id, device)
     shape = (len(indices), rows["input_ids"].shape[1] - 1)
+    expert = torch.tensor([samples[i].expert for i in indices], dtype=torch.bool, device=device)
+    correct = torch.tensor([samples[i].correct for i in indices], dtype=torch.bool, device=device)
     mask = torch.zeros(shape, dtype=torch.float32, device=device)
     old_logps = torch.zeros(shape, dtype=torch.float32, device=device)
     ref_logps = torch.zeros(shape, dtype=torch.float32, device=device) if ref is not None else None
@@ -480,6 +543,7 @@ def policy_batch(
         input_ids=rows["input_ids"], attention_mask=rows["attention_mask"], response_mask=mask, old_logprobs=old_logps,
         advantages=advantages,
         ref_logprobs=ref_logps, global_token_count=global_token_count, global_seq_count=global_seq_count,
+        expert=expert, correct=correct, global_expert_token_count=global_expert_token_count,
     )
 
 
@@ -513,6 +577,25 @@ def rl_step_flops(shape, generated_lengths: list[int], trained_lengths: list[int
     if trained_lengths:
         flops += ppo_epochs * tokens_flops(shape, trained_lengths, passes=3)
     return flops
+
+
+def synchronized_step_flops(shape, counts: dict[str, float], experts: str, ppo_epochs: int = 1) -> float:
+    """Compute of one LUFFY / SRFT step (Eq. 24, ``experts == "mixed"``) or UPT step (Eq. 25-27,
+    ``"gated"``) from the step's counts (:func:`flops_counts`), by :func:`npu_retu.flops.hybrid_step_flops`
+    and :func:`npu_retu.flops.upt_step_flops`: S_on and S_off are the mean prompt + response lengths
+    of the trained rollouts and expert trajectories (UPT's S_on, as Eq. 25 counts it, that of every
+    generated rollout). With several PPO epochs the training part (3 passes) repeats."""
+    on_n, off_n = counts["flops/on_sequences"], counts["flops/off_sequences"]
+    s_off = counts["flops/off_tokens"] / off_n if off_n else 0.0
+    if experts == "mixed":
+        s_on = counts["flops/on_tokens"] / on_n if on_n else 0.0
+        both = hybrid_step_flops(shape, batch=1, group_size=on_n, n_expert=off_n, seq_len_on=s_on, seq_len_off=s_off)
+        return both / 4 * (1 + 3 * ppo_epochs)  # Eq. 24: once generated (forward), once trained (3 passes)
+    gen_n = counts["flops/gen_sequences"]
+    s_on = counts["flops/gen_tokens"] / gen_n if gen_n else 0.0
+    generation = upt_step_flops(shape, group_size=gen_n, seq_len_on=s_on, n_on=0, n_off=0, seq_len_off=s_off)
+    training = upt_step_flops(shape, group_size=0, seq_len_on=s_on, n_on=on_n, n_off=off_n, seq_len_off=s_off)
+    return generation + ppo_epochs * training
 
 
 # --------------------------------------------------------------------------------------------
@@ -550,23 +633,42 @@ def evaluate_policy(
     return summary
 
 
-def load_rl_prompts(files: list[str], tokenizer, max_prompt_length: int, skip_bad_rows: bool, counter):
-    """Prompt token ids and examples; a prompt longer than ``max_prompt_length`` is an error (or a counted skip)."""
-    examples = load_rl([resolve_path(f) for f in files], skip_bad_rows=skip_bad_rows, counter=counter)
-    prompts, kept = [], []
+def load_rl_prompts(rl: RLConfig, tokenizer, skip_bad_rows: bool, counter) -> tuple[list[list[int]], list[RLExample], list[list[list[int]]]]:
+    """Prompt token ids, examples and, for LUFFY / SRFT / UPT, each prompt's expert trajectories as
+    token ids (``rl.expert_files`` joined by prompt text). A prompt longer than
+    ``rl.max_prompt_length``, an expert trajectory longer than ``rl.max_response_length`` or a
+    missing expert is an error naming the file and row (or, with ``data.skip_bad_rows``, a counted skip)."""
+    examples = load_rl([resolve_path(f) for f in rl.train_files], skip_bad_rows=skip_bad_rows, counter=counter)
+    if rl.expert_files:
+        examples = attach_experts(examples, [resolve_path(f) for f in rl.expert_files], skip_bad_rows=skip_bad_rows, counter=counter)
+    needed = {"mixed": rl.algo.experts_per_prompt, "gated": 1}.get(rl.algo.experts, 0)
+    if needed:
+        examples = require_experts(examples, needed, algorithm=rl.algorithm, skip_bad_rows=skip_bad_rows, counter=counter)
+    prompts, kept, experts = [], [], []
     for ex in examples:
         ids = tokenize_prompt(ex.prompt, tokenizer)
-        if len(ids) > max_prompt_length:
-            message = f"prompt has {len(ids)} tokens, more than rl.max_prompt_length={max_prompt_length}"
+        problem = None
+        if len(ids) > rl.max_prompt_length:
+            problem = ("prompt", "prompt longer than rl.max_prompt_length",
+                       f"prompt has {len(ids)} tokens, more than rl.max_prompt_length={rl.max_prompt_length}")
+        expert_ids = [tokenize_expert(ex.prompt, text, tokenizer) for text in ex.experts[:needed]]
+        longest = max((len(e) for e in expert_ids), default=0)
+        if problem is None and longest > rl.max_response_length:
+            problem = ("experts", "expert trajectory longer than rl.max_response_length",
+                       f"expert trajectory has {longest} tokens, more than rl.max_response_length={rl.max_response_length}")
+        if problem is not None:
+            field_name, reason, message = problem
             if skip_bad_rows:
-                counter.skip(ex.source, "prompt longer than rl.max_prompt_length", field="prompt", message=message)
+                counter.skip(ex.source, reason, field=field_name, message=message)
                 continue
-            raise DataError(f"{ex.source}: field 'prompt': {message}")
+            file, row = parse_source(ex.source)
+            raise DataError(file, message, row=row, field=field_name, reason=reason)
         prompts.append(ids)
         kept.append(ex)
+        experts.append(expert_ids)
     if not kept:
-        raise UserError(f"no RL prompts left in {files}")
-    return prompts, kept
+        raise UserError(f"no RL prompts left in {rl.train_files}")
+    return prompts, kept, experts
 
 
 def load_eval_examples(cfg: Config, counter) -> list:
@@ -580,9 +682,10 @@ def load_eval_examples(cfg: Config, counter) -> list:
 
 
 def rollout_metrics(generated: list[Group], kept: list[Group]) -> dict[str, float]:
-    """Reward / accuracy over everything generated this step, lengths, and the share cut at the limit."""
-    trajectories = [t for g in generated for t in g.trajectories]
-    rewards = [r for g in generated for r in g.rewards]
+    """Reward / accuracy over everything generated this step (the rollouts: expert trajectories are
+    not generated), lengths, and the share cut at the limit."""
+    trajectories = [t for g in generated for t in g.trajectories if not t.expert]
+    rewards = [r for g in generated for t, r in zip(g.trajectories, g.rewards) if not t.expert]
     lengths = [len(t.response_ids) for t in trajectories]
     n = max(1, len(trajectories))
     out = {
@@ -597,6 +700,47 @@ def rollout_metrics(generated: list[Group], kept: list[Group]) -> dict[str, floa
         kept_rewards = [r for g in kept for r in g.rewards]
         out["train/reward_mean"] = sum(kept_rewards) / len(kept_rewards)
     return out
+
+
+def expert_metrics(batch: RolloutBatch, experts: str) -> dict[str, float]:
+    """LUFFY / SRFT / UPT: the on-policy and expert shares of the trained response tokens, the
+    experts' reward, and UPT's gate decisions (groups sent to SFT vs RL)."""
+    trained = [t for g in batch.kept for t in g.trajectories]
+    expert_tokens = sum(len(t.response_ids) for t in trained if t.expert)
+    all_tokens = max(1, sum(len(t.response_ids) for t in trained))
+    expert_rewards = [r for g in batch.generated for t, r in zip(g.trajectories, g.rewards) if t.expert]
+    out = {
+        "mix/expert_token_share": expert_tokens / all_tokens,
+        "mix/on_policy_token_share": 1.0 - expert_tokens / all_tokens if trained else 0.0,
+        "mix/expert_sequences": float(sum(1 for t in trained if t.expert)),
+        "mix/expert_reward_mean": sum(expert_rewards) / max(1, len(expert_rewards)),
+    }
+    if experts == "gated":
+        to_sft = sum(1 for g in batch.kept if g.trajectories and g.trajectories[0].expert)
+        out["upt/groups_sft"] = float(to_sft)
+        out["upt/groups_rl"] = float(len(batch.kept) - to_sft)
+    return out
+
+
+def generated_lengths(batch: RolloutBatch, experts: str | None) -> list[int]:
+    """The prompt + response length of every sequence the step's generation compute counts: every
+    rollout of every draw (Eq. 22, 25) and, for LUFFY / SRFT, the expert trajectories too, as Eq. 24's
+    F_gen = [(B G) S_on + (B N) S_off] F_fwd counts them (LUFFY's rollout runs the expert through the
+    engine as a prefix)."""
+    return [len(g.prompt_ids) + len(t.response_ids) for g in batch.generated for t in g.trajectories
+            if not t.expert or experts == "mixed"]
+
+
+def flops_counts(batch: RolloutBatch, generated: list[int]) -> dict[str, float]:
+    """The sequence counts and token totals (prompt + response) behind the step's FLOPs, so Eq. 22 /
+    24 / 27 can be recomputed from the log: generated, trained on-policy and trained expert."""
+    on = [len(g.prompt_ids) + len(t.response_ids) for g in batch.kept for t in g.trajectories if not t.expert]
+    off = [len(g.prompt_ids) + len(t.response_ids) for g in batch.kept for t in g.trajectories if t.expert]
+    return {
+        "flops/gen_sequences": float(len(generated)), "flops/gen_tokens": float(sum(generated)),
+        "flops/on_sequences": float(len(on)), "flops/on_tokens": float(sum(on)),
+        "flops/off_sequences": float(len(off)), "flops/off_tokens": float(sum(off)),
+    }
 
 
 def step_metrics(batch: RolloutBatch, reward_stats: dict, reward_before: dict, timer: Stopwatch, seconds: float,

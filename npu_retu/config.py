@@ -264,9 +264,7 @@ class AlgoConfig:
         _check(self.max_draws >= 1, "rl.algo.max_draws", ">= 1", self.max_draws)
         # A group of one has no baseline: its advantage is 0 and dynamic sampling would drop it.
         _check(self.n >= 2, "rl.algo.n", ">= 2 (a group-relative advantage needs at least two rollouts per prompt)", self.n)
-        from npu_retu.algos.losses import get_loss
-
-        experts = getattr(get_loss(self.loss), "experts", None)
+        experts = self.experts
         if experts == "mixed":
             _check(1 <= self.experts_per_prompt < self.n, "rl.algo.experts_per_prompt",
                    f"in 1..n-1 = 1..{self.n - 1} (each group of rl.algo.n={self.n} holds n - N >= 1 rollouts and N "

@@ -1,8 +1,8 @@
-"""``npu-retu rl``: RL (GRPO / DAPO_d / DAPO_dc) from a model, with held-out evaluation points."""
+"""``npu-retu rl``: RL (GRPO / DAPO_d / DAPO_dc, LUFFY / SRFT / UPT) from a model, with held-out evaluation points."""
 
 from __future__ import annotations
 
-HELP = "RL with verifiable math rewards (GRPO, DAPO_d, DAPO_dc) from model.path, with evaluation points and exact --resume."
+HELP = "RL with verifiable math rewards (GRPO, DAPO_d, DAPO_dc, and the synchronized LUFFY, SRFT, UPT) from model.path, with evaluation points and exact --resume."
 
 
 def add_arguments(parser) -> None:

@@ -1,12 +1,13 @@
 """One rank of a data-parallel LUFFY / SRFT / UPT update on fixed groups (run by tests/test_syn_losses.py).
 
-    RANK=.. WORLD_SIZE=.. MASTER_ADDR=.. MASTER_PORT=.. python tests/syn_update_rank.py OUT
+    RANK=.. WORLD_SIZE=.. MASTER_ADDR=.. MASTER_PORT=.. python tests/syn_update_rank.py OUT [local|deepspeed]
 
 For each algorithm: a tiny random Qwen2 model and fixed groups with expert trajectories (the same on
 every rank), two policy updates (2 optimizer steps, then 1 on two sequences, or one, so that at 2
 ranks a rank holds one or none), and rank 0 writes the all-reduced gradient of every optimizer step,
-the update metrics and the final weights to OUT (torch.save). test_syn_losses.py also imports it to
-compute the single-process result in its own process.
+the update metrics and the final weights to OUT (torch.save). With ``deepspeed`` the engine is
+DeepSpeed ZeRO-2 (no per-step gradients recorded; UPT without its skip, which needs the local
+engine). test_syn_losses.py also imports it to compute the single-process result in its own process.
 """
 
 from __future__ import annotations
@@ -106,7 +107,16 @@ def recording_engine(cfg, model, world_size: int):
     return engine
 
 
-def run_all(world_size: int = 1, ranks=None) -> dict:
+def deepspeed_engine(cfg, model, world_size: int):
+    """DeepSpeed ZeRO-2 on the CPU (gloo), with the update's micro-batch and accumulation settings."""
+    from npu_retu.device import Backend
+    from npu_retu.engine import build_engine
+
+    return build_engine(cfg, model, total_steps=6, backend=Backend("cpu"), world_size=world_size,
+                        micro_batch_size=cfg.rl.micro_batch_size, grad_accum_steps=2, optim=cfg.rl.optim)
+
+
+def run_all(world_size: int = 1, ranks=None, engine_name: str = "local") -> dict:
     from npu_retu.config import load_config
     from npu_retu.distributed.process_group import RankInfo
     from npu_retu.trainer.rl import Stopwatch, policy_update, rl_loss
@@ -114,8 +124,14 @@ def run_all(world_size: int = 1, ranks=None) -> dict:
     ranks = ranks or RankInfo()
     out = {}
     for algorithm in ("luffy", "srft", "upt"):
-        cfg = load_config(None, overrides(algorithm))
-        engine = recording_engine(cfg, tiny_model(), ranks.world_size)
+        if engine_name == "deepspeed":
+            cfg = load_config(None, overrides(algorithm) + ["engine.name=deepspeed", "engine.zero_stage=2",
+                                                            "engine.fused_ops=false", "rl.algo.skip_grad_norm=null"])
+            engine = deepspeed_engine(cfg, tiny_model(), ranks.world_size)
+            engine.grads = []
+        else:
+            cfg = load_config(None, overrides(algorithm))
+            engine = recording_engine(cfg, tiny_model(), ranks.world_size)
         metrics = []
         for step, groups in enumerate([syn_groups(algorithm), small_groups(algorithm)]):
             row, _ = policy_update(engine, rl_loss(cfg.rl), groups, cfg.rl, Stopwatch(), pad_id=0, seed=step, ranks=ranks)
@@ -125,12 +141,12 @@ def run_all(world_size: int = 1, ranks=None) -> dict:
     return out
 
 
-def main(path: str) -> None:
+def main(path: str, engine_name: str = "local") -> None:
     from npu_retu.device import Backend
     from npu_retu.distributed import process_group as pg
 
     ranks = pg.init_process_group(Backend("cpu"))
-    out = run_all(ranks.world_size, ranks)
+    out = run_all(ranks.world_size, ranks, engine_name)
     if ranks.is_main:
         torch.save(out, path)
     pg.barrier()
@@ -138,4 +154,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

@@ -252,12 +252,11 @@ def run_rl_process(tmp_path: Path, mode: str, overrides: list[str]) -> subproces
     )
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, short_run):
-    _, reference = short_run
-    reference_rows = metric_rows(reference.run_dir)
-    overrides = rl_overrides(tmp_path, "short")  # the same run as the reference, in another folder
+def kill_after_first_checkpoint_then_resume(tmp_path: Path, name: str, overrides: list[str], steps: int) -> dict:
+    """Start the run in a process, SIGKILL it once checkpoint 1 exists (before its last step), resume
+    it in a new process to the end; returns the resumed folder's metric rows by step."""
     proc = run_rl_process(tmp_path, "fresh", overrides)
-    target = tmp_path / "short" / "checkpoints" / "step-000001"
+    target = tmp_path / name / "checkpoints" / "step-000001"
     deadline = time.monotonic() + 300
     while not target.is_dir():
         assert proc.poll() is None, proc.stdout.read()
@@ -265,13 +264,18 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, short_run):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = metric_rows(tmp_path / "short")
-    assert max(done, default=0) < 3, "the run finished before it was killed; nothing was tested"
-
+    assert max(metric_rows(tmp_path / name), default=0) < steps, "the run finished before it was killed; nothing was tested"
     proc = run_rl_process(tmp_path, "resume", overrides)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
-    resumed = metric_rows(tmp_path / "short")
+    return metric_rows(tmp_path / name)
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, short_run):
+    _, reference = short_run
+    reference_rows = metric_rows(reference.run_dir)
+    overrides = rl_overrides(tmp_path, "short")  # the same run as the reference, in another folder
+    resumed = kill_after_first_checkpoint_then_resume(tmp_path, "short", overrides, 3)
     assert sorted(resumed) == [1, 2, 3]
     for step in (1, 2, 3):
         for key in ("rollout/accuracy", "rollout/response_length_mean", "actor/pg_loss", "actor/grad_norm", "flops"):

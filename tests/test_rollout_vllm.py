@@ -114,12 +114,11 @@ def test_cuda_platform_takes_both_sleep_levels(level):
     p = vllm_platform("cuda", rollout(sleep_level=level, gpu_memory_utilization=0.4), environ={})
     assert p.package == "vllm" and p.sleep_levels == (1, 2) and p.sleep_level == level
     assert p.engine_kwargs["enable_sleep_mode"] is True and p.engine_kwargs["gpu_memory_utilization"] == 0.4
-    assert not p.wake_before_load
 
 
-def test_npu_platform_sleeps_at_level_one_only_and_wakes_before_loading():
+def test_npu_platform_sleeps_at_level_one_only():
     p = vllm_platform("npu", rollout(sleep_level=1), environ={})
-    assert p.package == "vllm-ascend" and p.sleep_levels == (1,) and p.wake_before_load
+    assert p.package == "vllm-ascend" and p.sleep_levels == (1,) and p.sleep_level == 1
     with pytest.raises(UserError, match="sleep_level=2 is not supported by vllm-ascend"):
         vllm_platform("npu", rollout(sleep_level=2), environ={})
 

@@ -600,23 +600,26 @@ def single_rank(tmp_path_factory):
     return worker.run_all(world_size=1)
 
 
-def test_two_ranks_update_equals_one(tmp_path, single_rank):
-    """policy_update on 2 gloo ranks (CPU, local engine) for LUFFY, SRFT and UPT: the all-reduced
-    gradient of every optimizer step, the metrics and the weights after the steps equal one process's."""
+def run_two_ranks(out: Path, engine_name: str) -> dict:
     from npu_retu.distributed.process_group import free_port
 
-    out = tmp_path / "out.pt"
     port = free_port()
     procs = []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out)], cwd=REPO, env=env,
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out), engine_name], cwd=REPO, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for rank, proc in enumerate(procs):
         text, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"rank {rank}:\n{text}"
-    two = torch.load(out, weights_only=False)
+    return torch.load(out, weights_only=False)
+
+
+def test_two_ranks_update_equals_one(tmp_path, single_rank):
+    """policy_update on 2 gloo ranks (CPU, local engine) for LUFFY, SRFT and UPT: the all-reduced
+    gradient of every optimizer step, the metrics and the weights after the steps equal one process's."""
+    two = run_two_ranks(tmp_path / "out.pt", "local")
     assert set(two) == set(single_rank) == {"luffy", "srft", "upt"}
     for algorithm, one in single_rank.items():
         got = two[algorithm]
@@ -631,6 +634,25 @@ def test_two_ranks_update_equals_one(tmp_path, single_rank):
             diff = (got["weights"][name] - expected).abs().max()
             assert torch.allclose(got["weights"][name], expected, atol=1e-5, rtol=0), f"{algorithm} {name}: {diff:.2e}"
 
+
+
+def test_deepspeed_zero2_on_two_ranks_equals_one_local_process(tmp_path, single_rank):
+    """The same updates on DeepSpeed ZeRO-2 over 2 gloo ranks (UPT without its skip, which needs the
+    local engine; no threshold is reached here): the metrics, grad norm included, and the weights after
+    the steps equal one local process's."""
+    pytest.importorskip("deepspeed", reason="needs DeepSpeed: pip install 'npu-retu[distributed]'")
+    two = run_two_ranks(tmp_path / "out.pt", "deepspeed")
+    assert set(two) == {"luffy", "srft", "upt"}
+    for algorithm, one in single_rank.items():
+        got = two[algorithm]
+        assert one["metrics"][0]["actor/grad_norm"] > 1e-3
+        for row_one, row_two in zip(one["metrics"], got["metrics"]):
+            for key in ("actor/pg_loss", "actor/sft_loss", "actor/entropy", "actor/grad_norm", "actor/expert_prob_mean"):
+                if key in row_one:
+                    assert row_two[key] == pytest.approx(row_one[key], rel=1e-5, abs=1e-7), (algorithm, key)
+        for name, expected in one["weights"].items():
+            diff = (got["weights"][name] - expected).abs().max()
+            assert torch.allclose(got["weights"][name], expected, atol=1e-5, rtol=0), f"{algorithm} {name}: {diff:.2e}"
 
 def test_policy_update_passes_upts_skip_threshold_to_the_engine():
     """UPT's rl.algo.skip_grad_norm reaches LocalEngine.step: far below the gradient norm every step

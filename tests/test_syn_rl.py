@@ -8,16 +8,13 @@ The loss values themselves are checked by hand in tests/test_syn_losses.py.
 from __future__ import annotations
 
 import functools
-import os
-import signal
-import time
 
 import pytest
 
 from npu_retu.config import load_config
 from npu_retu.data.errors import DataError
 from npu_retu.flops import ModelShape, forward_flops_per_token
-from test_rl_trainer import DigitReward, metric_rows, rl_overrides, run_rl_process
+from test_rl_trainer import DigitReward, kill_after_first_checkpoint_then_resume, metric_rows, rl_overrides
 
 PROMPTS, N = 4, 4  # prompts per step, samples per prompt (LUFFY / SRFT: 3 rollouts + 1 expert)
 
@@ -139,20 +136,7 @@ def test_upt_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, tmp_path
                          reward=DigitReward())
     reference_rows = metric_rows(reference.run_dir)
     overrides = syn_overrides(tmp_path, "upt", "upt", **{"rl.max_steps": 3})
-    proc = run_rl_process(tmp_path, "fresh", overrides)
-    target = tmp_path / "upt" / "checkpoints" / "step-000001"
-    deadline = time.monotonic() + 300
-    while not target.is_dir():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert max(metric_rows(tmp_path / "upt"), default=0) < 3, "the run finished before it was killed; nothing was tested"
-    proc = run_rl_process(tmp_path, "resume", overrides)
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out
-    resumed = metric_rows(tmp_path / "upt")
+    resumed = kill_after_first_checkpoint_then_resume(tmp_path, "upt", overrides, 3)
     assert sorted(resumed) == [1, 2, 3]
     for step in (1, 2, 3):
         for key in ("rollout/accuracy", "actor/pg_loss", "actor/sft_loss", "actor/grad_norm", "upt/groups_sft", "flops"):

@@ -33,8 +33,7 @@ def run_rollout_bench(args: Any) -> dict:
         if engine not in ENGINE_CHOICES or engine == "auto":
             raise UserError(f"--engines takes transformers and/or vllm, got {engine!r}")
     if "vllm" in engines and not vllm_installed():
-        say = "bench rollout: vLLM is not installed here; measuring the transformers engine only"
-        print(say)
+        print("bench rollout: vLLM is not installed here; measuring the transformers engine only")
         engines = [e for e in engines if e != "vllm"]
     spec = {"config": args.config, "overrides": list(args.overrides), "prompts": args.prompts, "n": args.n,
             "max_new_tokens": args.max_new_tokens, "seed": args.seed}

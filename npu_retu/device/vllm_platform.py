@@ -40,8 +40,9 @@ class VLLMPlatform:
 
     ``engine_kwargs`` go to ``vllm.LLM``; ``env`` is set before vLLM is imported; ``sleep_level`` is
     the level the engine sleeps at during training (0: it stays awake, also where the platform has no
-    sleep mode, which ``note`` then says); ``wake_before_load``: weights can only be loaded into an
-    awake engine.
+    sleep mode, which ``note`` then says). Weights are always loaded into an awake engine
+    (:meth:`npu_retu.rollout.vllm.VLLMRollout.sync_weights` wakes it first), which vllm-ascend requires
+    and the others allow.
     """
 
     backend: str
@@ -50,7 +51,6 @@ class VLLMPlatform:
     env: dict[str, str] = field(default_factory=dict)
     sleep_levels: tuple[int, ...] = ()
     sleep_level: int = 0
-    wake_before_load: bool = False
     note: str | None = None
 
 
@@ -102,5 +102,5 @@ def vllm_platform(
             kwargs["enable_sleep_mode"] = True
     return VLLMPlatform(
         backend=backend_name, package=VLLM_PACKAGES[backend_name], engine_kwargs=kwargs, env=env, sleep_levels=levels,
-        sleep_level=level, wake_before_load=backend_name == "npu", note=note,
+        sleep_level=level, note=note,
     )

@@ -146,7 +146,8 @@ class VLLMRollout:
 
     def sync_weights(self, model_or_state_dict: Any) -> None:
         """Sample from the trainer's weights from now on (a module or a state dict), copied in place
-        bucket by bucket; the engine is woken first where the platform needs that."""
+        bucket by bucket; a sleeping engine is woken first, on every platform (vllm-ascend can load
+        weights only into an awake engine; the others do not mind)."""
         if self.asleep:
             self.wake()
         state = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, torch.nn.Module) else model_or_state_dict

@@ -36,6 +36,13 @@ class RunConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
     progress: bool = True  # progress bar (only drawn on a terminal)
+    # Where metrics go (rank 0), each row with its step and cumulative FLOPs: jsonl (metrics.jsonl,
+    # required: resume and the reports read it), tensorboard (run folder), and the trackers wandb,
+    # mlflow, swanlab (pip install 'npu-retu[tracking]'; set up by their own environment variables:
+    # WANDB_MODE, MLFLOW_TRACKING_URI, SWANLAB_MODE, ...; see npu_retu.report.trackers).
+    loggers: list[Literal["jsonl", "tensorboard", "wandb", "mlflow", "swanlab"]] = field(
+        default_factory=lambda: ["jsonl", "tensorboard"])
+    project: str = "npu-retu"  # the trackers' project (wandb, swanlab) / experiment (mlflow); run.name names the run
 
     def validate(self) -> None:
         # the name is one folder inside output_dir: never ".", ".." or a path (--overwrite deletes it)
@@ -43,6 +50,10 @@ class RunConfig:
             self.name.strip() != "" and self.name not in (".", "..") and not any(c in self.name for c in "/\\\0"),
             "run.name", "a plain folder name (not '.' or '..', no '/' or '\\')", self.name,
         )
+        _check("jsonl" in self.loggers, "run.loggers",
+               "a list that includes 'jsonl' (metrics.jsonl is what resume and the reports read)", self.loggers)
+        _check(len(set(self.loggers)) == len(self.loggers), "run.loggers", "a list without repeats", self.loggers)
+        _check(self.project.strip() != "", "run.project", "a non-empty name", self.project)
 
 
 @dataclass
@@ -61,7 +72,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # Files (JSONL / JSON / Parquet) or "embedded:..." names (see npu_retu.models.embedded.DATASETS).
+    # Files (JSONL / JSON / Parquet / Arrow), folders of shards, globs, datasets save_to_disk folders
+    # ("folder:split" for a DatasetDict), or "embedded:..." names (see npu_retu.models.embedded.DATASETS).
     train_files: list[str] = field(default_factory=lambda: ["embedded:sft-uniform-2k"])
     val_files: list[str] = field(default_factory=list)
     val_size: int = 0  # when no val_files: hold out this many training rows as the validation split
@@ -70,11 +82,20 @@ class DataConfig:
     packing: bool = False
     skip_bad_rows: bool = False  # count and skip malformed rows instead of stopping
     shuffle: bool = True
+    # tokenization worker processes: null = min(8, CPUs) when 32 MiB or more must be tokenized, else
+    # none; 0 or 1 = tokenize in the training process (npu_retu.data.prepare)
+    num_workers: int | None = None
+    cache: bool = True  # reuse tokenized files across runs (npu_retu.data.token_cache)
+    cache_dir: str | None = None  # null: $NPU_RETU_CACHE/tokenized (default ~/.cache/npu-retu/tokenized)
 
     def validate(self) -> None:
         _check(len(self.train_files) > 0, "data.train_files", "at least one file", self.train_files)
         _check(self.val_size >= 0, "data.val_size", ">= 0", self.val_size)
         _check(self.max_length >= 8, "data.max_length", ">= 8", self.max_length)
+        _check(self.num_workers is None or self.num_workers >= 0, "data.num_workers",
+               ">= 0 (0 or 1: in the training process), or null for the automatic choice", self.num_workers)
+        _check(self.cache_dir is None or self.cache_dir.strip() != "", "data.cache_dir",
+               "a folder, or null for the default", self.cache_dir)
 
 
 @dataclass

@@ -264,6 +264,26 @@ def mfu(flops: float, seconds: float, peak_flops_per_second: float) -> float:
     return flops / (seconds * peak_flops_per_second)
 
 
+def step_mfu(step_flops: float, seconds: float, peak_flops_per_chip: float | None, num_chips: int) -> float | None:
+    """The MFU of one step of a job on ``num_chips`` chips, as PaLM defines it (Chowdhery et al.
+    2022, §4.1 and Appendix B): the job's achieved model FLOP/s over the peak FLOP/s of all its chips,
+
+        MFU = (step_flops / seconds) / (num_chips * peak_flops_per_chip).
+
+    ``step_flops`` is the whole step's count over all ranks as the RETU paper's Appendix C counts it
+    (Eq. 21 for SFT, Eq. 22-27 for RL: model FLOPs, no recomputation, no padding); ``seconds`` is
+    the step's wall time. With data parallelism every rank does 1/num_chips of the step in the same
+    wall time, so the MFU does not change with the number of chips for the same work per chip (one
+    chip's peak in the denominator would inflate it by num_chips). None when the chip's peak is
+    unknown (a CPU: no MFU is claimed there).
+    """
+    if not peak_flops_per_chip:
+        return None
+    if num_chips < 1:
+        raise UserError(f"num_chips must be >= 1, got {num_chips}")
+    return mfu(step_flops, seconds, num_chips * peak_flops_per_chip)
+
+
 # ----------------------------------------------------------------------------------------------
 # The RETU SFT runs (paper §5.2, Appendix B.1, Table 4)
 # ----------------------------------------------------------------------------------------------

@@ -304,7 +304,7 @@ def test_blank_lines_and_byte_order_mark_are_not_rows(data_dir):
         ("empty.jsonl", b"", "data/empty.jsonl: empty file: no rows"),
         ("blank.jsonl", b"\n  \n", "data/blank.jsonl: empty file: no rows"),
         ("empty.json", b"[]", "data/empty.json: empty file: no rows"),
-        ("train.csv", b"a,b\n", "data/train.csv: unknown file type '.csv': expected one of .jsonl, .json, .parquet"),
+        ("train.csv", b"a,b\n", "data/train.csv: unknown file type '.csv': expected one of .jsonl, .json, .parquet, .arrow"),
         ("train.json", b'{"messages": []}', "data/train.json: expected a JSON list of objects at the top level, got an object"),
         ("broken.json", b'[{"prompt": "a",\n "response": }]', "data/broken.json: malformed JSON: Expecting value (line 2, column 14)"),
         ("items.json", b'[{"prompt": "a", "response": "b"}, 7]', "data/items.json: row 1: expected a JSON object, got a number"),

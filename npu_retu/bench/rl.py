@@ -2,8 +2,9 @@
 
 Runs ``--warmup + --steps`` real RL steps of a config (rollout, reward, old log-probs, update; no
 evaluation, no checkpoints) in a temporary run folder, then reports for the timed steps the median
-time of each part, generation tokens/s (response tokens generated per second of rollout) and
-training tokens/s (prompt + response tokens of the trained sequences per second of update), and
+time of each part, generation tokens/s (response tokens generated per second of rollout),
+training tokens/s (prompt + response tokens of the trained sequences per second of update) and the
+median of the trainer's ``train/mfu`` (none on a CPU, which has no peak in the chip table), and
 saves the figures as JSON with the device, chip, versions and date.
 """
 
@@ -70,6 +71,10 @@ def bench_rl(args) -> dict:
         "draws_mean": statistics.mean(r["ds/draws"] for r in timed),
         "response_length_mean": statistics.mean(r["rollout/response_length_mean"] for r in timed),
         "step_flops_median": median("train/step_flops"),
+        "peak_flops_per_chip": backend.peak_flops(cfg.model.dtype),  # None on a CPU: no MFU claimed
+        # the trainer's per-step MFU (npu_retu.flops.step_mfu: the step's FLOPs over its wall time
+        # and over all chips' peak; generation counts as forward FLOPs, Eq. 22)
+        "mfu_median": median("train/mfu") if all("train/mfu" in r for r in timed) else None,
         "peak_memory_bytes": memory.get("peak_allocated_bytes"),
         "device": backend.name,
         "chip": backend.chip_name(),
@@ -88,6 +93,14 @@ def bench_rl(args) -> dict:
           f"{figures['response_length_mean']:.0f} tokens; {figures['draws_mean']:.2f} draws per step")
     if figures["train_tokens_per_s_median"] is not None:
         print(f"  update: {figures['train_tokens_per_s_median']:.0f} trained tokens/s")
+    if figures["mfu_median"] is not None:
+        print(f"  MFU (median): {100 * figures['mfu_median']:.2f} % of {figures['chip']}'s "
+              f"{figures['peak_flops_per_chip'] / 1e12:g} TFLOP/s {cfg.model.dtype} peak, whole step "
+              f"({figures['step_flops_median'] / 1e12:.3g} TFLOP per step, Eq. 22)")
+    else:
+        rate = figures["step_flops_median"] / figures["step_s_median"] if figures["step_s_median"] else 0.0
+        print(f"  MFU: n/a (no {cfg.model.dtype} peak FLOP/s known for {figures['chip'] or figures['device']}); "
+              f"{rate / 1e9:.2f} GFLOP/s achieved (Eq. 22 count)")
     if figures["peak_memory_bytes"]:
         print(f"  peak memory: {figures['peak_memory_bytes'] / 2**20:.0f} MiB")
     out = Path(args.out)

@@ -1,8 +1,9 @@
-"""``npu-retu bench sft``: training throughput and peak memory of the SFT step.
+"""``npu-retu bench sft``: training throughput, MFU and peak memory of the SFT step.
 
 Times full optimizer steps (all micro-batches: forward, backward, AdamW) of a config on the
 current device, after a few untimed warm-up steps, and saves the figures as JSON together with the
-device, chip, versions and date.
+device, chip, versions and date. MFU is :func:`npu_retu.flops.step_mfu` of the timed steps (one
+process on one chip; none on a CPU, which has no peak in the chip table).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def bench_sft(args) -> dict:
     from npu_retu.data.errors import BadRowCounter
     from npu_retu.device import get_backend, set_backend
     from npu_retu.engine.local import LocalEngine
-    from npu_retu.flops import ModelShape, tokens_flops
+    from npu_retu.flops import ModelShape, step_mfu, tokens_flops
     from npu_retu.models.modeling import load_model, load_tokenizer
     from npu_retu.trainer.sft import _sequence_lengths, load_sft_data
 
@@ -75,6 +76,7 @@ def bench_sft(args) -> dict:
         flops += f
     memory = backend.memory_stats()
     total = sum(times)
+    chip_peak = backend.peak_flops(cfg.model.dtype)
     result = {
         "benchmark": "sft_step",
         "config": str(args.config),
@@ -97,6 +99,8 @@ def bench_sft(args) -> dict:
         "tokens_per_s": real_tokens / total,
         "padded_tokens_per_s": padded_tokens / total,
         "achieved_flops_per_s": flops / total,
+        "peak_flops_per_chip": chip_peak,  # None on a CPU: no MFU claimed
+        "mfu": step_mfu(flops, total, chip_peak, 1),  # one process on one chip
         "peak_memory_bytes": memory.get("peak_allocated_bytes"),
         "memory_note": "process peak RSS (whole process, CPU)" if backend.name == "cpu" else "peak device memory allocated",
     }
@@ -106,6 +110,11 @@ def bench_sft(args) -> dict:
     print(f"SFT step on {result['device']} ({result['chip']}), {result['params'] / 1e6:.2f}M params, batch {cfg.sft.global_batch_size}:")
     print(f"  step time   median {result['step_time_median_s'] * 1e3:.1f} ms  (p20 {result['step_time_p20_s'] * 1e3:.1f}, p80 {result['step_time_p80_s'] * 1e3:.1f})")
     print(f"  throughput  {result['tokens_per_s']:.0f} tokens/s  ({result['padded_tokens_per_s']:.0f} incl. padding), {result['achieved_flops_per_s'] / 1e9:.2f} GFLOP/s (Appendix C count)")
+    if result["mfu"] is not None:
+        print(f"  MFU         {100 * result['mfu']:.1f} % of {result['chip']}'s {result['peak_flops_per_chip'] / 1e12:g} TFLOP/s "
+              f"{cfg.model.dtype} peak (npu_retu.flops.step_mfu)")
+    else:
+        print(f"  MFU         n/a (no {cfg.model.dtype} peak FLOP/s known for {result['chip'] or result['device']})")
     peak = result["peak_memory_bytes"]
     print(f"  peak memory {peak / 2**20:.0f} MiB ({result['memory_note']})" if peak else "  peak memory n/a")
     print(f"  saved to {out}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 HELP = ("Benchmarks that print and save figures: `bench sft`, `bench rl` (step time split, tokens/s), "
-        "`bench rollout` (tokens/s of each rollout engine, interleaved), `bench reward` (verifications/s), `bench kernels` (fused log-probs vs PyTorch / torch.compile / Liger).")
+        "`bench rollout` (tokens/s of each rollout engine, interleaved), `bench reward` (verifications/s), `bench kernels` (fused log-probs vs PyTorch / torch.compile / Liger), "
+        "`bench data` (rows/s and peak memory of reading + tokenizing, 1 and 2 workers, cold and warm cache).")
 
 
 def add_arguments(parser) -> None:
@@ -59,6 +60,20 @@ def add_arguments(parser) -> None:
                          help="subset of fused-reference, fused-triton, fused-ascend, plain, plain-compiled, liger")
     kernels.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default: 10 on accelerators, 3 on CPU)")
     kernels.add_argument("--out", default="runs/bench/kernels.csv", help="where to save the CSV")
+    data = sub.add_parser(
+        "data", help="rows/s and peak memory of reading + tokenizing a synthetic SFT set, by worker count, cold and warm cache",
+        description=("Write a synthetic SFT set in Parquet shards to a temporary folder, then read and tokenize it (npu_retu.data.prepare) "
+                     "with each worker count, with an empty and then a filled tokenized-data cache, each run in a fresh process, in "
+                     "interleaved rounds; save the median and spread of rows/s and the peak RSS as JSON."))
+    data.add_argument("--rows", type=int, default=100_000, help="rows of the synthetic set")
+    data.add_argument("--shards", type=int, default=10, help="Parquet shards it is written in")
+    data.add_argument("--workers", default="1,2", help="worker counts to measure, e.g. 1,2,8 (1 = in the measuring process)")
+    data.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each: every worker count, cold then warm)")
+    data.add_argument("--tokenizer", default="embedded:tokenizer", help="tokenizer folder (default: the embedded default's)")
+    data.add_argument("--max-length", type=int, default=1024, help="data.max_length (longer rows are skipped)")
+    data.add_argument("--seed", type=int, default=0, help="seed of the synthetic set")
+    data.add_argument("--tmp-dir", default=None, help="where the temporary data and caches go (default: the system's temp folder)")
+    data.add_argument("--out", default="runs/bench/data.json", help="where to save the JSON figures")
 
 
 def run(args) -> int:
@@ -78,6 +93,10 @@ def run(args) -> int:
         from npu_retu.bench.reward import run_reward_bench
 
         run_reward_bench(num_items=args.items, num_workers=args.workers, timeout_s=args.timeout, out_json=args.out)
+    elif args.bench == "data":
+        from npu_retu.bench.data import run_data_bench
+
+        run_data_bench(args)
     elif args.bench == "kernels":
         from npu_retu.bench.kernels import run_kernel_bench
         from npu_retu.errors import UserError

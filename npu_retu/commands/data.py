@@ -7,7 +7,8 @@ import json
 import random
 import sys
 
-HELP = "Generate synthetic task data (synth) or build and show the embedded default (embedded)."
+HELP = ("Generate synthetic task data (synth), build and show the embedded default (embedded), or curate: "
+        "decontaminate, answers, difficulty.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,11 +40,96 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "(with or without 'embedded:'); repeatable; default: everything the demo uses")
     embedded.add_argument("--json", action="store_true", help="print a JSON object name -> path")
 
+    decontaminate = actions.add_parser(
+        "decontaminate",
+        help="remove training rows that overlap evaluation problems (13-gram rule)",
+        description="Remove training rows whose problem (SFT: the user turns; RL: the prompt) shares an n-gram "
+        "of normalised words (NFKC, lower-case, non-alphanumerics -> spaces, whitespace split) with an evaluation "
+        "problem, or equals one as a whole (short problems have no n-gram). Kept rows go to --out in file order; "
+        "a JSON report lists every removed row, the evaluation row it matched and the shared words.",
+    )
+    decontaminate.add_argument("--train", nargs="+", required=True, metavar="FILE",
+                               help="training data: files, folders, globs, datasets folders or embedded: names, "
+                               "in any layout the SFT / RL loaders read")
+    decontaminate.add_argument("--eval", nargs="+", required=True, metavar="FILE",
+                               help="evaluation problems: FILE or NAME=FILE; a benchmark name (gsm8k, minerva_math, "
+                               "olympiadbench, aime24, amc23; the file's stem by default) uses that benchmark's loader")
+    decontaminate.add_argument("--out", required=True, help="kept rows, .jsonl or .parquet (never an input file)")
+    decontaminate.add_argument("--ngram", type=int, default=13, help="n-gram length in words (default 13)")
+    decontaminate.add_argument("--report", default=None, help="write the JSON report here")
+
+    answers = actions.add_parser(
+        "answers",
+        help="sample answers from model folders for difficulty labelling",
+        description="Sample K answers per problem from each model folder (e.g. embedded:base and an SFT checkpoint) "
+        "with the transformers rollout engine and write an answers file for 'data difficulty': one JSON object "
+        "per answer, {problem, model, response}.",
+    )
+    answers.add_argument("--in", dest="source", required=True, help="problems (RL or SFT rows), or an embedded: name")
+    answers.add_argument("--model", nargs="+", required=True, help="model folders or embedded: names")
+    answers.add_argument("--k", type=int, default=4, help="answers per problem and model (default 4, as the paper)")
+    answers.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    answers.add_argument("--max-new-tokens", type=int, default=256, help="response length limit (default 256)")
+    answers.add_argument("--temperature", type=float, default=0.7)
+    answers.add_argument("--seed", type=int, default=0)
+    answers.add_argument("--out", required=True, help="answers file, .jsonl")
+
+    difficulty = actions.add_parser(
+        "difficulty",
+        help="label problems easy / medium / hard by the win rate of sampled answers",
+        description="Score each answer in ANSWERS (one JSON object per answer: {problem, model, response}; problem = "
+        "the row's user turn text) against the row's ground truth with the math-verify reward, and write the rows "
+        "of --in with win_rate (correct / answers) and difficulty: hard when win_rate <= a, easy when >= b, else "
+        "medium (paper Table 3: a,b = 0.25,1.0 over 4 answers).",
+    )
+    difficulty.add_argument("--in", dest="source", required=True, help="rows with ground truth (RL or SFT with a reference answer)")
+    difficulty.add_argument("--answers", required=True, help="answers file (.jsonl), e.g. from 'data answers'")
+    difficulty.add_argument("--out", required=True, help="labelled rows, .jsonl or .parquet (never an input file)")
+    difficulty.add_argument("--thresholds", default="0.25,1.0", help="a,b (default 0.25,1.0)")
+    difficulty.add_argument("--model", nargs="+", default=None,
+                            help="use only these models' answers (the paper labels by the 1.5B model); default: all")
+
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "synth":
         return _synth(args)
+    if args.action in ("decontaminate", "answers", "difficulty"):
+        return _curate(args)
     return _embedded(args)
+
+
+def _curate(args: argparse.Namespace) -> int:
+    from npu_retu.data import curate
+
+    if args.action == "decontaminate":
+        evals = [name + eq + _data_path(path) if eq else _data_path(entry)
+                 for entry in args.eval for name, eq, path in [entry.partition("=")]]
+        report = curate.decontaminate([_data_path(t) for t in args.train], evals, args.out, ngram=args.ngram, report=args.report)
+        print(report.summary())
+        if args.report:
+            print(f"report: {args.report}")
+    elif args.action == "answers":
+        from npu_retu.eval.answers import sample_answers
+
+        count = sample_answers(args.source, args.model, args.out, k=args.k, limit=args.limit,
+                               max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+        print(f"wrote {count} answers ({args.k} per problem and model) to {args.out}")
+    else:
+        from npu_retu.reward import make_reward
+
+        thresholds = curate.parse_thresholds(args.thresholds)
+        with make_reward("math_verify") as reward:
+            report = curate.label_difficulty(_data_path(args.source), args.answers, args.out, thresholds=thresholds,
+                                             models=args.model, reward=reward)
+        print(report.summary())
+    return 0
+
+
+def _data_path(entry: str) -> str:
+    """An ``embedded:`` name built on first use and given as its file; anything else as it is."""
+    from npu_retu.models import embedded
+
+    return str(embedded.resolve(entry)) if embedded.is_embedded(entry) else entry
 
 
 def _synth(args: argparse.Namespace) -> int:

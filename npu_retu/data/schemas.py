@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from npu_retu.data.errors import BadRowCounter, DataError, format_source, parse_source
-from npu_retu.data.readers import json_type_name, read_rows
+from npu_retu.data.readers import data_files, json_type_name, read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ def _load(
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
         raise DataError("(no files)", "no data files given")
+    paths = [file for path in paths for file in data_files(path)]  # folders, globs, datasets folders -> their files
     report_at_end = counter is None  # a caller that passes a counter reports it when it is done
     counter = BadRowCounter() if counter is None else counter
     examples: list[Example] = []
@@ -215,7 +216,7 @@ def rl_example_from_row(record: dict[str, Any], file: str, row: int) -> RLExampl
     Any other row is read as an RL row, whose error names the missing prompt or ground truth.
     """
     check = _Checker(file, row)
-    if not _has_rl_keys(record) and _has_sft_keys(record):
+    if not has_rl_keys(record) and has_sft_keys(record):
         return _rl_example_from_sft_row(record, file, row, check)
     prompt_key = next((key for key in PROMPT_KEYS if key in record), None)
     if prompt_key is None:
@@ -243,12 +244,14 @@ def rl_example_from_row(record: dict[str, Any], file: str, row: int) -> RLExampl
     )
 
 
-def _has_rl_keys(record: dict[str, Any]) -> bool:
+def has_rl_keys(record: dict[str, Any]) -> bool:
+    """Whether a row looks like an RL row: a prompt key and a ground-truth key (:data:`PROMPT_KEYS`, :data:`GROUND_TRUTH_KEYS`)."""
     has_ground_truth = any(key.split(".", 1)[0] in record for key in GROUND_TRUTH_KEYS)
     return has_ground_truth and any(key in record for key in PROMPT_KEYS)
 
 
-def _has_sft_keys(record: dict[str, Any]) -> bool:
+def has_sft_keys(record: dict[str, Any]) -> bool:
+    """Whether a row looks like an SFT row: chat messages / conversations, or a prompt and a response."""
     return "messages" in record or "conversations" in record or ("prompt" in record and "response" in record)
 
 
@@ -552,7 +555,7 @@ def _missing_experts_error(example: RLExample, needed: int, algorithm: str) -> D
 # math benchmarks (Qwen2.5-Math evaluation layout)
 
 BENCHMARKS = ("gsm8k", "minerva_math", "olympiadbench", "aime24", "amc23")
-_BENCHMARK_ALIASES = {"minerva": "minerva_math", "olympiad": "olympiadbench", "olympiadbench_en": "olympiadbench"}
+BENCHMARK_ALIASES = {"minerva": "minerva_math", "olympiad": "olympiadbench", "olympiadbench_en": "olympiadbench"}
 
 
 def load_benchmark(
@@ -570,7 +573,7 @@ def load_benchmark(
     ``context`` + ``question``); aime24 / amc23 ``answer`` (a number: 27.0 -> "27").
     """
     name = name or Path(path).stem
-    name = _BENCHMARK_ALIASES.get(name, name)
+    name = BENCHMARK_ALIASES.get(name, name)
     if name not in BENCHMARKS:
         raise DataError(str(path), f"unknown benchmark {name!r}: expected one of {', '.join(BENCHMARKS)}")
     parse_row = _BENCHMARK_PARSERS[name]

@@ -83,17 +83,22 @@ def tokenize_sft(
         if too_long == "skip":
             return None
         if too_long == "error":
-            file, row = parse_source(example.source)
-            raise DataError(
-                file,
-                f"{len(input_ids)} tokens after the chat template, longer than max_length {max_length} "
-                "(set data.too_long to 'skip' or 'truncate', or raise data.max_length)",
-                row=row,
-                field="messages",
-                reason="longer than max_length",
-            )
+            raise too_long_error(example.source, len(input_ids), max_length)
         input_ids, loss_mask = input_ids[:max_length], loss_mask[:max_length]
     return TokenizedExample(input_ids=input_ids, loss_mask=loss_mask, source=example.source)
+
+
+def too_long_error(source: str, length: int, max_length: int) -> DataError:
+    """The error for a conversation of ``length`` tokens, more than ``max_length`` (``too_long="error"``)."""
+    file, row = parse_source(source)
+    return DataError(
+        file,
+        f"{length} tokens after the chat template, longer than max_length {max_length} "
+        "(set data.too_long to 'skip' or 'truncate', or raise data.max_length)",
+        row=row,
+        field="messages",
+        reason="longer than max_length",
+    )
 
 
 def tokenize_prompt(messages: list[dict[str, str]], tokenizer: Any) -> list[int]:

@@ -3,7 +3,8 @@ reduction over the ranks of a data-parallel job.
 
 Every row carries ``step`` and cumulative ``flops`` (the paper's x-axis) next to its metrics.
 On resume from step ``s`` the rows after ``s`` (written by the run that crashed) are dropped, so
-the file reads as if the run had never stopped.
+the file reads as if the run had never stopped. ``run.loggers`` adds TensorBoard and the trackers
+of :mod:`npu_retu.report.trackers` (wandb, mlflow, swanlab); metrics.jsonl is always written.
 
 With several ranks every rank measures its share (its micro-batches, its prompts);
 :func:`sum_over_ranks` adds named values up over the ranks in one all-reduce, and
@@ -13,13 +14,13 @@ With several ranks every rank measures its share (its micro-batches, its prompts
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from npu_retu.distributed.process_group import all_gather_objects, all_reduce_sum, is_initialized
+from npu_retu.report.trackers import Trackers, check_installed, numeric
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -93,9 +94,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _truncate_after(path: Path, step: int) -> None:
+def _truncate_after(path: Path, step: int) -> list[dict[str, Any]]:
+    """Drop the rows after ``step``; returns the rows kept."""
     if not path.exists():
-        return
+        return []
     kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= step]
     tmp = path.with_suffix(".jsonl.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -104,10 +106,11 @@ def _truncate_after(path: Path, step: int) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    return kept
 
 
 class NullLogger:
-    """What ranks other than 0 log to: nothing (rank 0 writes metrics.jsonl and TensorBoard)."""
+    """What ranks other than 0 log to: nothing (rank 0 writes metrics.jsonl and the other run.loggers)."""
 
     def log(self, step, flops, row) -> None:
         pass
@@ -117,22 +120,36 @@ class NullLogger:
 
 
 class MetricsLogger:
-    """Appends metric rows to ``run_dir/metrics.jsonl`` and TensorBoard (``run_dir/tensorboard``)."""
+    """Appends metric rows to ``run_dir/metrics.jsonl`` and to the other loggers of ``run.loggers``:
+    TensorBoard (``run_dir/tensorboard``) and the trackers (:class:`npu_retu.report.trackers.Trackers`,
+    which get the resolved ``config``, ``project`` and ``run_name``)."""
 
-    def __init__(self, run_dir: Path, *, resume_step: int | None = None, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, *, resume_step: int | None = None, loggers: Sequence[str] = ("jsonl", "tensorboard"),
+                 project: str = "npu-retu", run_name: str | None = None, config: Mapping[str, Any] | None = None):
+        check_installed(list(loggers))
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
+        kept: list[dict[str, Any]] = []
         if resume_step is not None:
-            _truncate_after(self.path, resume_step)
+            kept = _truncate_after(self.path, resume_step)
         elif self.path.exists():
             self.path.unlink()
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        self._trackers = None
+        try:
+            if "tensorboard" in loggers:
+                from torch.utils.tensorboard import SummaryWriter
 
-            purge = None if resume_step is None else resume_step + 1
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
+                purge = None if resume_step is None else resume_step + 1
+                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
+            self._trackers = Trackers(
+                self.run_dir, list(loggers), project=project, run_name=run_name or self.run_dir.name,
+                config=dict(config or {}), resumed=resume_step is not None, rows=kept,
+            )
+        except BaseException:
+            self.close()
+            raise
 
     def log(self, step: int, flops: float, metrics: dict[str, Any]) -> dict[str, Any]:
         row = {"step": int(step), "flops": float(flops), "time": round(time.time(), 3)}
@@ -140,10 +157,11 @@ class MetricsLogger:
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self._tb is not None:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, global_step=step)
+            for key, value in numeric(metrics).items():
+                self._tb.add_scalar(key, value, global_step=step)
             self._tb.add_scalar("flops", flops, global_step=step)
+        if self._trackers is not None:
+            self._trackers.log(int(step), float(flops), metrics)
         return row
 
     def close(self) -> None:
@@ -151,3 +169,5 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
+        if self._trackers is not None:
+            self._trackers.close()

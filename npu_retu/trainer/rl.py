@@ -65,19 +65,19 @@ from npu_retu.algos.logprobs import response_token_logprobs
 from npu_retu.config import Config, RLConfig
 from npu_retu.data.errors import BadRowCounter, DataError, parse_source
 from npu_retu.data.schemas import RLExample, attach_experts, load_rl, require_experts
-from npu_retu.data.tokenize import tokenize_expert, tokenize_prompt
+from npu_retu.data.prepare import tokenize_rl_examples
 from npu_retu.distributed import process_group as pg
 from npu_retu.distributed.process_group import RankInfo
 from npu_retu.engine import build_engine
 from npu_retu.errors import UserError
 from npu_retu.eval.runner import evaluate, merge_results
-from npu_retu.flops import ModelShape, hybrid_step_flops, tokens_flops, upt_step_flops
+from npu_retu.flops import ModelShape, hybrid_step_flops, step_mfu, tokens_flops, upt_step_flops
 from npu_retu.models.modeling import load_model, resolve_path
 from npu_retu.report.metrics import WeightedSums, max_over_ranks, sum_over_ranks, write_json_atomic
 from npu_retu.reward import make_reward
 from npu_retu.rollout import SamplingParams, Trajectory, build_rollout
 from npu_retu.trainer import checkpoint as ckpt
-from npu_retu.trainer.setup import Run, init_compute, open_run
+from npu_retu.trainer.setup import Run, data_path, init_compute, open_run
 
 
 @dataclass
@@ -203,7 +203,7 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
         reference_model.requires_grad_(False)
 
     counter = BadRowCounter()
-    prompts, examples, experts = load_rl_prompts(rl, run.tokenizer, cfg.data.skip_bad_rows, counter)
+    prompts, examples, experts = load_rl_prompts(rl, run.tokenizer, cfg.data.skip_bad_rows, counter, num_workers=cfg.data.num_workers)
     test_examples = load_eval_examples(cfg, counter)
     sampler = PromptSampler(len(examples), cfg.run.seed, cfg.data.shuffle)
     optimizer_steps = rl.max_steps * rl.ppo_epochs * (rl.train_batch_prompts // rl.mini_batch_prompts)
@@ -219,6 +219,7 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
         backend_name=backend.name, world_size=ranks.world_size,
     )
     shape = ModelShape.from_hf_config(run.model.config)
+    peak = backend.peak_flops(cfg.model.dtype)  # one chip's dense peak FLOP/s, the MFU denominator (None on a CPU)
 
     step, flops, elapsed, evals = 0, 0.0, 0.0, []
     state = run.restore(engine)
@@ -272,6 +273,8 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
             dt = time.perf_counter() - t_step
             elapsed += dt
             row.update(step_metrics(batch, reward.stats(), reward_before, timer, dt, step_flops))
+            if peak:  # the whole step (generation + update) over all ranks: npu_retu.flops.step_mfu
+                row["train/mfu"] = step_mfu(step_flops, dt, peak, ranks.world_size)
             logger.log(step, flops, row)
             say(
                 f"rl step {step:>4}  acc {row['rollout/accuracy']:.3f}  kept {batch.stats['groups_kept']}/"
@@ -633,25 +636,25 @@ def evaluate_policy(
     return summary
 
 
-def load_rl_prompts(rl: RLConfig, tokenizer, skip_bad_rows: bool, counter) -> tuple[list[list[int]], list[RLExample], list[list[list[int]]]]:
+def load_rl_prompts(rl: RLConfig, tokenizer, skip_bad_rows: bool, counter, *, num_workers: int | None = 0) -> tuple[list[list[int]], list[RLExample], list[list[list[int]]]]:
     """Prompt token ids, examples and, for LUFFY / SRFT / UPT, each prompt's expert trajectories as
     token ids (``rl.expert_files`` joined by prompt text). A prompt longer than
     ``rl.max_prompt_length``, an expert trajectory longer than ``rl.max_response_length`` or a
     missing expert is an error naming the file and row (or, with ``data.skip_bad_rows``, a counted skip)."""
-    examples = load_rl([resolve_path(f) for f in rl.train_files], skip_bad_rows=skip_bad_rows, counter=counter)
+    examples = load_rl([data_path(f) for f in rl.train_files], skip_bad_rows=skip_bad_rows, counter=counter)
     if rl.expert_files:
-        examples = attach_experts(examples, [resolve_path(f) for f in rl.expert_files], skip_bad_rows=skip_bad_rows, counter=counter)
+        examples = attach_experts(examples, [data_path(f) for f in rl.expert_files], skip_bad_rows=skip_bad_rows, counter=counter)
     needed = {"mixed": rl.algo.experts_per_prompt, "gated": 1}.get(rl.algo.experts, 0)
     if needed:
         examples = require_experts(examples, needed, algorithm=rl.algorithm, skip_bad_rows=skip_bad_rows, counter=counter)
     prompts, kept, experts = [], [], []
-    for ex in examples:
-        ids = tokenize_prompt(ex.prompt, tokenizer)
+    # tokenize_prompt and tokenize_expert of each example, ahead in data.num_workers processes (npu_retu.data.prepare)
+    tokenized = tokenize_rl_examples(examples, tokenizer, experts=needed, num_workers=num_workers)
+    for ex, (ids, expert_ids) in zip(examples, tokenized):
         problem = None
         if len(ids) > rl.max_prompt_length:
             problem = ("prompt", "prompt longer than rl.max_prompt_length",
                        f"prompt has {len(ids)} tokens, more than rl.max_prompt_length={rl.max_prompt_length}")
-        expert_ids = [tokenize_expert(ex.prompt, text, tokenizer) for text in ex.experts[:needed]]
         longest = max((len(e) for e in expert_ids), default=0)
         if problem is None and longest > rl.max_response_length:
             problem = ("experts", "expert trajectory longer than rl.max_response_length",

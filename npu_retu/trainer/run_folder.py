@@ -43,9 +43,10 @@ CHANGES_FILE = "config_changes.jsonl"
 
 # Config keys a --resume may change: they decide how long, how often and where, not what is trained.
 MUTABLE_ON_RESUME = (
-    "run.name", "run.output_dir", "run.device", "run.progress",
+    "run.name", "run.output_dir", "run.device", "run.progress", "run.loggers", "run.project",
     "sft.max_steps", "sft.eval_every", "sft.save_every", "sft.keep_checkpoints", "sft.log_every", "sft.eval_batch_size",
     "monitor.stop_on_decision",
+    "data.num_workers", "data.cache", "data.cache_dir",  # how tokenization runs, not what it gives
     "rl.max_steps", "rl.max_flops", "rl.eval_every", "rl.save_every", "rl.keep_checkpoints",
     "rl.rollout.batch_size", "rl.reward.num_workers", "rl.reward.timeout_s",
     "cluster.",  # the whole section: launcher, addresses, ports, timeouts

@@ -25,8 +25,10 @@ from npu_retu.config import Config
 from npu_retu.device import get_backend, set_backend
 from npu_retu.distributed import process_group as pg
 from npu_retu.distributed.process_group import RankInfo
+from npu_retu.errors import UserError
 from npu_retu.models.modeling import load_model, load_tokenizer
 from npu_retu.report.metrics import MetricsLogger, NullLogger
+from npu_retu.report.trackers import check_installed
 from npu_retu.trainer import checkpoint as ckpt
 from npu_retu.trainer.run_folder import check_resume_config, open_run_folder, record_config
 
@@ -68,10 +70,21 @@ class Run:
         return state
 
     def logger(self, step: int) -> MetricsLogger | NullLogger:
-        """metrics.jsonl and TensorBoard on rank 0; a resumed run drops the rows after ``step``."""
-        if not self.ranks.is_main:
-            return NullLogger()
-        return MetricsLogger(self.dir, resume_step=step if self.resume_from is not None else None)
+        """metrics.jsonl and the other loggers of ``run.loggers`` on rank 0; a resumed run drops the
+        rows after ``step``. A tracker that cannot start stops every rank here, before training."""
+        logger, error = NullLogger(), None
+        if self.ranks.is_main:
+            try:
+                logger = MetricsLogger(
+                    self.dir, resume_step=step if self.resume_from is not None else None, loggers=self.cfg.run.loggers,
+                    project=self.cfg.run.project, run_name=self.cfg.run.name, config=self.cfg.to_dict(),
+                )
+            except UserError as e:
+                error = str(e)
+        errors = [e for e in pg.all_gather_objects(error) if e]  # every rank learns of rank 0's failure
+        if errors:
+            raise UserError(errors[0])
+        return logger
 
     def save_checkpoint(self, step: int, engine: Any, state: dict[str, Any], *, keep: int, protect: set[int] = frozenset()) -> Path:
         """Checkpoint ``step`` (Hugging Face files + ``state``, atomically; every rank calls it), then
@@ -89,6 +102,7 @@ class Run:
 def open_run(cfg: Config, backend: Any, ranks: RankInfo, say: Say, *, resume: bool, overwrite: bool, job: str) -> Iterator[Run]:
     """Open (and lock) the run folder, settle what to resume, load tokenizer and model (see the module
     docstring); ``job`` ("sft", "rl") prefixes what is said."""
+    check_installed(cfg.run.loggers)  # a missing tracker package fails now, not after the model has loaded
     folder = open_run_folder(cfg.run.output_dir, cfg.run.name, resume=resume, overwrite=overwrite, is_main=ranks.is_main)
     try:
         pg.barrier()  # rank 0 has prepared the folder
@@ -111,3 +125,19 @@ def open_run(cfg: Config, backend: Any, ranks: RankInfo, say: Say, *, resume: bo
         yield Run(cfg, backend, ranks, say, folder.path, resume_from, tokenizer, model)
     finally:
         folder.release()
+
+
+def data_path(name: str) -> str:
+    """A data entry of the config: an ``embedded:`` set is built on first use and named by its path; a
+    file, a folder, a glob or a DatasetDict's ``folder:split`` (``~`` expanded) is left for
+    :func:`npu_retu.data.readers.data_files`; anything else is "file or folder not found"."""
+    from npu_retu.data.readers import GLOB_CHARACTERS
+    from npu_retu.errors import UserError
+    from npu_retu.models import embedded
+
+    if embedded.is_embedded(name):
+        return str(embedded.resolve(name))
+    path = str(Path(name).expanduser())
+    if Path(path).exists() or any(c in path for c in GLOB_CHARACTERS) or Path(path.rpartition(":")[0] or path).is_dir():
+        return path
+    raise UserError(f"file or folder not found: {name}")

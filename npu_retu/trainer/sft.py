@@ -32,17 +32,15 @@ from npu_retu.algos import build_loss
 from npu_retu.config import Config
 from npu_retu.data.batching import SFTBatcher, pad_batch, split_validation
 from npu_retu.data.errors import BadRowCounter
-from npu_retu.data.schemas import load_sft
-from npu_retu.data.tokenize import tokenize_sft
+from npu_retu.data.prepare import tokenize_sft_files
 from npu_retu.distributed import process_group as pg
 from npu_retu.engine import build_engine
 from npu_retu.errors import UserError
-from npu_retu.flops import ModelShape, mfu, tokens_flops
-from npu_retu.models.modeling import resolve_path
+from npu_retu.flops import ModelShape, step_mfu, tokens_flops
 from npu_retu.monitor.online import PhaseMonitor
 from npu_retu.report.metrics import read_metrics, sum_over_ranks, write_json_atomic
 from npu_retu.trainer import checkpoint as ckpt
-from npu_retu.trainer.setup import Run, init_compute, open_run
+from npu_retu.trainer.setup import Run, data_path, init_compute, open_run
 
 
 @dataclass
@@ -62,16 +60,13 @@ def load_sft_data(cfg: Config, tokenizer, counter):
     """Tokenized train and validation examples (validation: val_files, else a held-out split)."""
 
     def tokenized(paths):
-        examples = load_sft([resolve_path(p) for p in paths], skip_bad_rows=cfg.data.skip_bad_rows, counter=counter)
-        too_long = "skip" if cfg.data.skip_bad_rows and cfg.data.too_long == "error" else cfg.data.too_long
-        out = []
-        for ex in examples:
-            tok = tokenize_sft(ex, tokenizer, cfg.data.max_length, too_long=too_long)
-            if tok is None:
-                counter.skip(ex.source, "longer than data.max_length", field="messages")
-                continue
-            out.append(tok)
-        return out
+        # = load_sft + tokenize_sft on each example (rows longer than max_length counted as skips),
+        # in data.num_workers processes, with the tokenized-data cache (npu_retu.data.prepare)
+        return tokenize_sft_files(
+            [data_path(p) for p in paths], tokenizer, max_length=cfg.data.max_length, too_long=cfg.data.too_long,
+            skip_bad_rows=cfg.data.skip_bad_rows, counter=counter, num_workers=cfg.data.num_workers,
+            cache=cfg.data.cache, cache_dir=cfg.data.cache_dir,
+        )
 
     train = tokenized(cfg.data.train_files)
     if cfg.data.val_files:
@@ -190,8 +185,8 @@ def _train_sft(cfg: Config, run: Run, *, quiet: bool) -> SFTResult:
                 "train/step_flops": step_flops,
                 "time/step_s": dt,
             }
-            if peak:
-                row["train/mfu"] = mfu(step_flops, dt, peak)
+            if peak:  # the step's FLOPs over all ranks / (wall time x the peak of all chips): npu_retu.flops.step_mfu
+                row["train/mfu"] = step_mfu(step_flops, dt, peak, ranks.world_size)
             if step % cfg.sft.log_every == 0 or step == steps_total:
                 logger.log(step, flops, row)
             progress.update(1)

@@ -417,6 +417,8 @@ class RLConfig:
 class EvalConfig:
     """Held-out evaluation: avg@n and pass@k with these sampling settings (reported with every number)."""
 
+    # RL rows (prompt + answer) or "NAME=FILE" for a math benchmark in its original format, read by its
+    # loader (gsm8k, minerva_math, olympiadbench, aime24, amc23; npu_retu.data.schemas.load_benchmark)
     files: list[str] = field(default_factory=lambda: ["embedded:rl-test"])
     n: int = 4
     temperature: float = 0.7

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from npu_retu.data.errors import BadRowCounter, DataError, format_source, parse_source
 from npu_retu.data.readers import data_files, json_type_name, read_rows
+from npu_retu.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -589,6 +590,42 @@ def load_benchmark(
         )
 
     return _load(path, example_from_row, skip_bad_rows, counter)
+
+
+_BENCHMARK_ENTRY = re.compile(r"([A-Za-z][A-Za-z0-9_]*)=(.+)")
+
+
+def split_eval_entry(entry: str, key: str = "eval.files") -> tuple[str | None, str]:
+    """``(benchmark, path)`` of one evaluation entry: ``"gsm8k=/data/gsm8k.jsonl"`` names the
+    benchmark whose original format the file is in (:data:`BENCHMARKS`, or an alias such as
+    ``minerva``), a plain path is a file of RL rows (prompt + answer). A ``NAME=`` prefix that is no
+    benchmark is a one-line error naming ``key`` and the benchmarks."""
+    match = _BENCHMARK_ENTRY.fullmatch(entry)
+    if match is None:
+        return None, entry
+    name = BENCHMARK_ALIASES.get(match.group(1).lower(), match.group(1).lower())
+    if name not in BENCHMARKS:
+        raise UserError(f"{key}: {entry!r} names no benchmark {match.group(1)!r}; use NAME=FILE with NAME one of "
+                        f"{', '.join(BENCHMARKS)}, or a plain path for a file of RL rows (prompt + answer)")
+    return name, match.group(2)
+
+
+def load_eval_files(
+    entries: list[str], resolve: Callable[[str], str], *, skip_bad_rows: bool = False,
+    counter: BadRowCounter | None = None, key: str = "eval.files",
+) -> list[RLExample]:
+    """The evaluation problems of ``entries`` (see :func:`split_eval_entry`), in order: a benchmark
+    file through :func:`load_benchmark` (GSM8K's gold is the number after ``####``, not the worked
+    solution), any other file through :func:`load_rl`. ``resolve`` turns a path or ``embedded:`` name
+    into the path to read."""
+    examples: list[RLExample] = []
+    for entry in entries:
+        name, path = split_eval_entry(entry, key)
+        if name is None:
+            examples += load_rl([resolve(path)], skip_bad_rows=skip_bad_rows, counter=counter)
+        else:
+            examples += load_benchmark(resolve(path), name, skip_bad_rows=skip_bad_rows, counter=counter)
+    return examples
 
 
 def _gsm8k(record: dict[str, Any], check: _Checker) -> tuple[str, list[str]]:

@@ -64,7 +64,7 @@ from npu_retu.algos import (
 from npu_retu.algos.logprobs import response_token_logprobs
 from npu_retu.config import Config, RLConfig
 from npu_retu.data.errors import BadRowCounter, DataError, parse_source
-from npu_retu.data.schemas import RLExample, attach_experts, load_rl, require_experts
+from npu_retu.data.schemas import RLExample, attach_experts, load_eval_files, load_rl, require_experts
 from npu_retu.data.prepare import tokenize_rl_examples
 from npu_retu.distributed import process_group as pg
 from npu_retu.distributed.process_group import RankInfo
@@ -675,10 +675,12 @@ def load_rl_prompts(rl: RLConfig, tokenizer, skip_bad_rows: bool, counter, *, nu
 
 
 def load_eval_examples(cfg: Config, counter) -> list:
-    """The held-out problems (``eval.files``, at most ``eval.max_problems``)."""
+    """The held-out problems (``eval.files``, at most ``eval.max_problems``): a ``NAME=FILE`` entry
+    through that benchmark's loader (``gsm8k=.../test.jsonl``: gold = the number after ``####``), a
+    plain path as RL rows (:func:`npu_retu.data.schemas.load_eval_files`)."""
     if not cfg.eval.files:
         return []
-    examples = load_rl([resolve_path(f) for f in cfg.eval.files], skip_bad_rows=cfg.data.skip_bad_rows, counter=counter)
+    examples = load_eval_files(cfg.eval.files, data_path, skip_bad_rows=cfg.data.skip_bad_rows, counter=counter)
     if cfg.eval.max_problems:
         examples = examples[: cfg.eval.max_problems]
     return examples

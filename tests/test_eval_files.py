@@ -57,11 +57,18 @@ class RecordingReward(DigitReward):
 
 
 def test_an_rl_runs_evaluation_scores_gsm8k_against_the_final_number(tmp_path):
+    """Two benchmarks in eval.files: every GSM8K problem is scored against its final number, and the
+    evaluation point holds each benchmark's avg@n (recomputed here from the saved per-problem scores)
+    and their macro average, logged against compute as eval/<benchmark>/avg_at_n."""
+    import json
+
     from npu_retu.trainer.rl import train_rl
 
-    gold = [tuple(ex.ground_truth) for ex in load_eval_files([f"gsm8k={BENCH / 'gsm8k.jsonl'}"], str)]
-    cfg = load_config(None, rl_overrides(tmp_path, "gsm8k-eval", **{
-        "eval.files": f"[gsm8k={BENCH / 'gsm8k.jsonl'}]", "rl.eval_at_start": "true", "rl.max_steps": 1,
+    files = [f"gsm8k={BENCH / 'gsm8k.jsonl'}", f"aime24={BENCH / 'aime24.jsonl'}"]
+    gold = [tuple(ex.ground_truth) for ex in load_eval_files(files[:1], str)]
+    n_gsm8k, n_aime = len(gold), len(load_eval_files(files[1:], str))
+    cfg = load_config(None, rl_overrides(tmp_path, "bench-eval", **{
+        "eval.files": f"[{','.join(files)}]", "rl.eval_at_start": "true", "rl.max_steps": 1,
         "eval.n": 2, "eval.max_new_tokens": 8}))
     reward = RecordingReward()
     result = train_rl(cfg, quiet=True, reward=reward)
@@ -70,3 +77,30 @@ def test_an_rl_runs_evaluation_scores_gsm8k_against_the_final_number(tmp_path):
     assert sorted(set(eval_gts)) == sorted(set(gold))  # every problem was scored against its final number
     assert len(eval_gts) == 2 * len(gold)  # eval.n samples each
     assert not any("####" in g for gts in reward.seen for g in gts)
+
+    point = json.loads((result.run_dir / "eval" / "step-000000.json").read_text())
+    scores = point["scores"]
+    assert len(scores) == n_gsm8k + n_aime
+    by_hand = {"gsm8k": scores[:n_gsm8k], "aime24": scores[n_gsm8k:]}
+    for name, rows in by_hand.items():
+        mean = sum(sum(r) / len(r) for r in rows) / len(rows)
+        assert point["benchmarks"][name]["avg_at_n"] == pytest.approx(mean, abs=1e-12)
+        assert point["benchmarks"][name]["num_problems"] == len(rows)
+    macro = (point["benchmarks"]["gsm8k"]["avg_at_n"] + point["benchmarks"]["aime24"]["avg_at_n"]) / 2
+    assert point["macro_avg_at_n"] == pytest.approx(macro, abs=1e-12)
+    row = next(json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+               if json.loads(line)["step"] == 0)
+    assert row["eval/gsm8k/avg_at_n"] == point["benchmarks"]["gsm8k"]["avg_at_n"]
+    assert row["eval/macro_avg_at_n"] == point["macro_avg_at_n"]
+
+
+def test_per_benchmark_by_hand():
+    from npu_retu.eval.metrics import per_benchmark
+
+    out = per_benchmark([[1, 0], [1, 1], [0, 0]], ["a", "b", "b"])
+    assert out["benchmarks"]["a"]["avg_at_n"] == 0.5 and out["benchmarks"]["b"]["avg_at_n"] == 0.5
+    assert out["benchmarks"]["b"]["num_problems"] == 2
+    assert out["macro_avg_at_n"] == 0.5
+    out = per_benchmark([[1, 1], [0, 0], [0, 0], [0, 0]], ["a", "b", "b", None])
+    assert out["macro_avg_at_n"] == pytest.approx((1.0 + 0.0 + 0.0) / 3)  # unweighted over a, b, other
+    assert set(out["benchmarks"]) == {"a", "b", "other"}

@@ -70,6 +70,7 @@ from npu_retu.distributed import process_group as pg
 from npu_retu.distributed.process_group import RankInfo
 from npu_retu.engine import build_engine
 from npu_retu.errors import UserError
+from npu_retu.eval.metrics import per_benchmark
 from npu_retu.eval.runner import evaluate, merge_results
 from npu_retu.flops import ModelShape, hybrid_step_flops, step_mfu, tokens_flops, upt_step_flops
 from npu_retu.models.modeling import load_model, resolve_path
@@ -628,11 +629,18 @@ def evaluate_policy(
         max_new_tokens=e.max_new_tokens or rl.max_response_length, seed=e.seed, ks=tuple(e.ks),
     )
     point = {"step": at_step, "flops": flops, **result.to_dict(), "summary": result.summary(), "seconds": time.perf_counter() - t0}
+    sources = [ex.data_source for ex in examples]
+    if len(set(sources)) > 1:  # several benchmarks: each one's avg@n and their macro average, as the paper reports
+        point.update(per_benchmark(result.scores, sources))
     if run.ranks.is_main:
         write_json_atomic(run.dir / "eval" / f"step-{at_step:06d}.json", point)
     summary = {k: v for k, v in point.items() if k != "scores"}
-    logger.log(at_step, flops, {f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("step", "flops")})
-    run.say(f"rl: eval at step {at_step}: {result.summary()}")
+    row = {f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("step", "flops")}
+    for name, scores in summary.get("benchmarks", {}).items():  # eval/gsm8k/avg_at_n, ... against compute
+        row.update({f"eval/{name}/{k}": float(v) for k, v in scores.items()})
+    logger.log(at_step, flops, row)
+    by_set = "".join(f"; {name} {100 * v['avg_at_n']:.1f}%" for name, v in summary.get("benchmarks", {}).items())
+    run.say(f"rl: eval at step {at_step}: {result.summary()}{by_set}")
     return summary
 
 

@@ -194,3 +194,15 @@ def test_embedded_set_labelled_end_to_end(tmp_path):
     assert all(r["win_rate"] in (0.0, 0.5, 1.0) for r in labelled)
     assert all(r["difficulty"] == curate.difficulty_label(r["win_rate"]) for r in labelled)
     assert report.rows == 3 and report.answers_scored == 6 and report.mean_win_rate_by_steps
+
+
+def test_eval_entries_may_name_their_set_and_a_path_may_hold_an_equals_sign(tmp_path):
+    """``NAME=FILE`` names the set (a benchmark name picks its loader); ``/dir/a=b/gsm8k.jsonl`` is a path."""
+    folder = tmp_path / "a=b"
+    folder.mkdir()
+    (folder / "gsm8k.jsonl").write_text((FIXTURES / "gsm8k.jsonl").read_text())
+    by_path = curate.load_eval_problems(str(folder / "gsm8k.jsonl"))
+    named = curate.load_eval_problems(f"mine={folder / 'gsm8k.jsonl'}")
+    assert len(by_path) == len(named) == len(GSM8K)
+    assert {p.eval_set for p in by_path} == {"gsm8k"} and {p.eval_set for p in named} == {"mine"}
+    assert by_path[0].words == tuple(curate.normalize_words(GSM8K[0]))  # the question, through the GSM8K loader

@@ -100,11 +100,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _curate(args: argparse.Namespace) -> int:
     from npu_retu.data import curate
+    from npu_retu.data.schemas import named_entry
+    from npu_retu.trainer.setup import data_path
 
     if args.action == "decontaminate":
-        evals = [name + eq + _data_path(path) if eq else _data_path(entry)
-                 for entry in args.eval for name, eq, path in [entry.partition("=")]]
-        report = curate.decontaminate([_data_path(t) for t in args.train], evals, args.out, ngram=args.ngram, report=args.report)
+        evals = []
+        for entry in args.eval:
+            name, path = named_entry(entry)
+            evals.append(data_path(path) if name is None else f"{name}={data_path(path)}")
+        report = curate.decontaminate([data_path(t) for t in args.train], evals, args.out, ngram=args.ngram, report=args.report)
         print(report.summary())
         if args.report:
             print(f"report: {args.report}")
@@ -119,17 +123,10 @@ def _curate(args: argparse.Namespace) -> int:
 
         thresholds = curate.parse_thresholds(args.thresholds)
         with make_reward("math_verify") as reward:
-            report = curate.label_difficulty(_data_path(args.source), args.answers, args.out, thresholds=thresholds,
+            report = curate.label_difficulty(data_path(args.source), args.answers, args.out, thresholds=thresholds,
                                              models=args.model, reward=reward)
         print(report.summary())
     return 0
-
-
-def _data_path(entry: str) -> str:
-    """An ``embedded:`` name built on first use and given as its file; anything else as it is."""
-    from npu_retu.models import embedded
-
-    return str(embedded.resolve(entry)) if embedded.is_embedded(entry) else entry
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ from npu_retu.data.schemas import (
     has_rl_keys,
     has_sft_keys,
     load_benchmark,
+    named_entry,
     rl_example_from_row,
     sft_example_from_row,
 )
@@ -92,9 +93,7 @@ def load_eval_problems(entry: str) -> list[EvalProblem]:
     """The problems of one ``--eval`` entry: ``FILE`` or ``NAME=FILE``. A benchmark name (the
     file's stem by default: ``gsm8k.jsonl``) reads the file with that benchmark's loader; any other
     name reads rows as training rows are read."""
-    name, eq, path = entry.partition("=")
-    if not eq:
-        name, path = "", entry
+    name, path = named_entry(entry)
     problems = []
     for file in data_files(path):
         set_name = name or Path(file).stem

@@ -592,7 +592,14 @@ def load_benchmark(
     return _load(path, example_from_row, skip_bad_rows, counter)
 
 
-_BENCHMARK_ENTRY = re.compile(r"([A-Za-z][A-Za-z0-9_]*)=(.+)")
+_NAMED_ENTRY = re.compile(r"([A-Za-z][A-Za-z0-9_-]*)=(.+)")
+
+
+def named_entry(entry: str) -> tuple[str | None, str]:
+    """``("gsm8k", "/data/test.jsonl")`` for ``"gsm8k=/data/test.jsonl"``; ``(None, entry)`` when the
+    entry has no ``NAME=`` prefix (a name is letters, digits, ``_`` and ``-``, so ``/data/a=b.jsonl`` is a path)."""
+    match = _NAMED_ENTRY.fullmatch(entry)
+    return (match.group(1), match.group(2)) if match else (None, entry)
 
 
 def split_eval_entry(entry: str, key: str = "eval.files") -> tuple[str | None, str]:
@@ -600,14 +607,14 @@ def split_eval_entry(entry: str, key: str = "eval.files") -> tuple[str | None, s
     benchmark whose original format the file is in (:data:`BENCHMARKS`, or an alias such as
     ``minerva``), a plain path is a file of RL rows (prompt + answer). A ``NAME=`` prefix that is no
     benchmark is a one-line error naming ``key`` and the benchmarks."""
-    match = _BENCHMARK_ENTRY.fullmatch(entry)
-    if match is None:
+    given, path = named_entry(entry)
+    if given is None:
         return None, entry
-    name = BENCHMARK_ALIASES.get(match.group(1).lower(), match.group(1).lower())
+    name = BENCHMARK_ALIASES.get(given.lower(), given.lower())
     if name not in BENCHMARKS:
-        raise UserError(f"{key}: {entry!r} names no benchmark {match.group(1)!r}; use NAME=FILE with NAME one of "
+        raise UserError(f"{key}: {entry!r} names no benchmark {given!r}; use NAME=FILE with NAME one of "
                         f"{', '.join(BENCHMARKS)}, or a plain path for a file of RL rows (prompt + answer)")
-    return name, match.group(2)
+    return name, path
 
 
 def load_eval_files(

@@ -132,7 +132,6 @@ def data_path(name: str) -> str:
     file, a folder, a glob or a DatasetDict's ``folder:split`` (``~`` expanded) is left for
     :func:`npu_retu.data.readers.data_files`; anything else is "file or folder not found"."""
     from npu_retu.data.readers import GLOB_CHARACTERS
-    from npu_retu.errors import UserError
     from npu_retu.models import embedded
 
     if embedded.is_embedded(name):

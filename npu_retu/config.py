@@ -418,7 +418,7 @@ class EvalConfig:
     """Held-out evaluation: avg@n and pass@k with these sampling settings (reported with every number)."""
 
     # RL rows (prompt + answer) or "NAME=FILE" for a math benchmark in its original format, read by its
-    # loader (gsm8k, minerva_math, olympiadbench, aime24, amc23; npu_retu.data.schemas.load_benchmark)
+    # loader (gsm8k, minerva_math, olympiadbench, aime24, aime25, amc23, math500; npu_retu.data.schemas.load_benchmark)
     files: list[str] = field(default_factory=lambda: ["embedded:rl-test"])
     n: int = 4
     temperature: float = 0.7
@@ -427,9 +427,18 @@ class EvalConfig:
     max_problems: int = 0  # 0: all
     ks: list[int] = field(default_factory=lambda: [1])
     seed: int = 1234
+    prompt_template: str = ""  # wraps each problem ("{problem}" replaced); "" = the problem as it is
+    # a suite file (or shipped suite: npu_retu/configs/eval/, e.g. retu_math) naming benchmarks with their
+    # own loader, n, temperature, max tokens and prompt template (npu_retu.eval.suite); replaces eval.files,
+    # and the eval.* settings above fill what a benchmark leaves out
+    suite: str = ""
+    suite_data_dir: str = ""  # the folder a suite's relative files are read from ("" = the suite file's folder)
+    save_generations: bool = True  # eval/step-N/generations.jsonl and items.jsonl beside each point
 
     def validate(self) -> None:
         _check(self.n >= 1, "eval.n", ">= 1", self.n)
+        _check(not self.prompt_template or "{problem}" in self.prompt_template, "eval.prompt_template",
+               "a string holding {problem}, or empty", self.prompt_template)
         _check(self.temperature >= 0, "eval.temperature", ">= 0 (0 = greedy)", self.temperature)
         _check(0 < self.top_p <= 1, "eval.top_p", "in (0, 1]", self.top_p)
         _check(self.max_new_tokens >= 0, "eval.max_new_tokens", ">= 0", self.max_new_tokens)

@@ -410,7 +410,7 @@ def test_last_boxed():
 def test_benchmark_fixtures_in_each_shape():
     golds = {
         name: [(e.prompt[0]["content"], e.ground_truth) for e in load_benchmark(FIXTURES / "benchmarks" / f"{name}.jsonl")]
-        for name in ("gsm8k", "minerva_math", "olympiadbench", "aime24", "amc23")
+        for name in ("gsm8k", "minerva_math", "olympiadbench", "aime24", "aime25", "amc23", "math500")
     }
     assert [g for _, g in golds["gsm8k"]] == [["12"], ["2125"]]  # "#### 2,125": thousands comma dropped
     assert [g for _, g in golds["minerva_math"]] == [["\\frac{3}{2}"], ["3 \\times 10^{8}"]]  # the last \boxed
@@ -420,6 +420,9 @@ def test_benchmark_fixtures_in_each_shape():
     ]
     assert [g for _, g in golds["aime24"]] == [["6"], ["32"]]  # a string and an int
     assert [g for _, g in golds["amc23"]] == [["27"], ["2.5"], ["9"]]  # floats
+    assert [g for _, g in golds["aime25"]] == [["70"], ["8"]]  # math-ai/aime25 ('problem') and opencompass ('question') rows
+    # MATH500: 'answer', else the last \boxed of 'solution'
+    assert [g for _, g in golds["math500"]] == [["\\left( 3, \\frac{\\pi}{2} \\right)"], ["2"]]
     assert load_benchmark(FIXTURES / "benchmarks" / "amc23.jsonl")[0].data_source == "amc23"
 
 
@@ -437,7 +440,7 @@ def test_benchmark_bad_rows(data_dir):
     with pytest.raises(DataError) as caught:
         load_benchmark(file)
     assert str(caught.value) == (
-        "data/test.jsonl: unknown benchmark 'test': expected one of gsm8k, minerva_math, olympiadbench, aime24, amc23"
+        "data/test.jsonl: unknown benchmark 'test': expected one of gsm8k, minerva_math, olympiadbench, aime24, aime25, amc23, math500"
     )
 
 

@@ -82,14 +82,14 @@ def test_eval_command_reports_settings_and_matches_its_saved_scores(pipeline_run
     from npu_retu.cli import main
 
     _, result = pipeline_run
-    out = tmp_path / "eval.json"
+    out = tmp_path / "eval"
     rc = main([
         "eval", "--model", str(result.picked_checkpoint), "--data", "embedded:rl-test", "--max-problems", "5",
         "-n", "2", "--k", "1", "2", "--max-new-tokens", "12", "--workers", "1", "--out", str(out), "--json",
     ])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
-    saved = json.loads(out.read_text())
+    saved = json.loads((out / "result.json").read_text())
     assert (printed["n"], printed["temperature"], printed["top_p"], printed["max_new_tokens"], printed["num_problems"]) == (2, 0.7, 1.0, 12, 5)
     assert printed["avg_at_n"] == pytest.approx(sum(map(sum, saved["scores"])) / 10)
     assert set(printed["pass_at_k"]) == {"1", "2"}

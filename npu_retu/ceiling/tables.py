@@ -75,20 +75,22 @@ class Branch:
 # reading RL and SFT run folders
 
 
-def branch_from_rl_run(rl_dir: str | Path, *, dataset: str | None = None, name: str | None = None) -> Branch:
+def branch_from_rl_run(rl_dir: str | Path, *, dataset: str | None = None, name: str | None = None,
+                       benchmark: str | None = None) -> Branch:
     """Read one RL run folder into a :class:`Branch`.
 
     ``evals.json`` gives the evaluation points; ``config.yaml``'s ``model.path`` names the start.
     A path of the form ``<SFT_RUN>/checkpoints/step-N`` makes a branch from SFT step N, with x_sft,
     the sub-phase at N and L_min read from ``<SFT_RUN>/phases.json``; any other path (``embedded:base``,
     a Hugging Face model) makes a Pure-RL branch. ``dataset`` defaults to the SFT run's training
-    files (``data.train_files`` of its config.yaml) and ``name`` to the RL folder's name.
+    files (``data.train_files`` of its config.yaml) and ``name`` to the RL folder's name;
+    ``benchmark`` picks the score (see :func:`read_evals`).
     Raises :class:`UserError` naming the file and field for anything missing or malformed.
     """
     rl_dir = Path(rl_dir)
     if not rl_dir.is_dir():
         raise UserError(f"{rl_dir}: no such RL run folder")
-    rl_flops, scores, stderrs = read_evals(rl_dir / EVALS_FILE)
+    rl_flops, scores, stderrs = read_evals(rl_dir / EVALS_FILE, benchmark)
     model_path = _model_path(rl_dir / CONFIG_FILE)
     name = name or rl_dir.name
 
@@ -122,8 +124,27 @@ def branch_from_rl_run(rl_dir: str | Path, *, dataset: str | None = None, name: 
     )
 
 
-def read_evals(path: Path) -> tuple[list[float], list[float], list[float] | None]:
+def _score_entry(entry: dict, benchmark: str | None, where: str) -> tuple[dict, str]:
+    """(the mapping holding the score, its field) for ``benchmark`` (see :func:`read_evals`)."""
+    if benchmark is None:
+        return entry, "avg_at_n"
+    if benchmark == "macro":
+        if "macro_avg_at_n" not in entry:
+            raise UserError(f"{where}: no 'macro_avg_at_n': the run evaluated a single benchmark")
+        return {"macro_avg_at_n": entry["macro_avg_at_n"]}, "macro_avg_at_n"
+    table = entry.get("benchmarks")
+    if not isinstance(table, dict) or benchmark not in table or not isinstance(table[benchmark], dict):
+        have = ", ".join(table) if isinstance(table, dict) else "none (a single benchmark)"
+        raise UserError(f"{where}: no benchmark {benchmark!r}; the run's benchmarks: {have}")
+    return table[benchmark], "avg_at_n"
+
+
+def read_evals(path: Path, benchmark: str | None = None) -> tuple[list[float], list[float], list[float] | None]:
     """(RL FLOPs, scores in percent, standard errors in percent or None) of an ``evals.json``.
+
+    The score is ``avg_at_n`` (over all problems), or with ``benchmark`` one benchmark's avg@n
+    (``benchmarks.<name>.avg_at_n`` of a suite's points) or ``"macro"`` for ``macro_avg_at_n``, so a
+    ceiling can be fitted per benchmark or on the macro average.
 
     Entries are sorted by step (a step logged twice keeps the last entry); the first must be RL
     step 0, the SFT checkpoint itself (P_sft, Eq. 12's fixed start).
@@ -140,11 +161,12 @@ def read_evals(path: Path) -> tuple[list[float], list[float], list[float] | None
             raise UserError(f"{where}: expected a JSON object, got {type(entry).__name__}")
         step = integer_field(entry, "step", where)
         flops = number_field(entry, "flops", where)
-        score = number_field(entry, "avg_at_n", where)
+        entry, field_name = _score_entry(entry, benchmark, where)
+        score = number_field(entry, field_name, where)
         if flops < 0:
             raise UserError(f"{where}: field 'flops' must be >= 0, got {flops!r}")
         if not 0.0 <= score <= 1.0:
-            raise UserError(f"{where}: field 'avg_at_n' must be a fraction in [0, 1], got {score!r}")
+            raise UserError(f"{where}: field '{field_name}' must be a fraction in [0, 1], got {score!r}")
         stderr = number_field(entry, "avg_at_n_stderr", where) if "avg_at_n_stderr" in entry else None
         by_step[step] = (flops, 100.0 * score, None if stderr is None else 100.0 * stderr)
     steps = sorted(by_step)

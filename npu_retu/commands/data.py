@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                "in any layout the SFT / RL loaders read")
     decontaminate.add_argument("--eval", nargs="+", required=True, metavar="FILE",
                                help="evaluation problems: FILE or NAME=FILE; a benchmark name (gsm8k, minerva_math, "
-                               "olympiadbench, aime24, amc23; the file's stem by default) uses that benchmark's loader")
+                               "olympiadbench, aime24, aime25, amc23, math500; the file's stem by default) uses that benchmark's loader")
     decontaminate.add_argument("--out", required=True, help="kept rows, .jsonl or .parquet (never an input file)")
     decontaminate.add_argument("--ngram", type=int, default=13, help="n-gram length in words (default 13)")
     decontaminate.add_argument("--report", default=None, help="write the JSON report here")

@@ -67,6 +67,9 @@ def add_arguments(parser) -> None:
                         help="bootstrap resamples for the confidence interval of A (0: none; default 200)")
     parser.add_argument("--max-score", type=float, default=None, metavar="S",
                         help="upper bound for the ceiling A (e.g. 100 for percent scores)")
+    parser.add_argument("--benchmark", default=None, metavar="NAME",
+                        help="RL runs evaluated on several benchmarks: fit this benchmark's avg@n, or 'macro' for the macro "
+                             "average (default: avg@n over all problems)")
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="seed of the random LTS starts and the bootstrap (default 0)")
 
@@ -272,7 +275,8 @@ def run_branches(runs: list[tuple[Path, str]], args, options: dict) -> int:
 
     if args.p_start is not None:
         raise UserError("--p-start is for points files: an RL branch's P_start is fixed to its score at RL step 0 (Eq. 12)")
-    branches = sorted((branch_from_rl_run(folder, name=name) for folder, name in runs), key=branch_sort_key)
+    branches = sorted((branch_from_rl_run(folder, name=name, benchmark=args.benchmark) for folder, name in runs),
+                      key=branch_sort_key)
     rows = plasticity_rows(branches, **options)  # rows[i] is branches[i]
     sft_datasets = {b.dataset for b in branches if not b.is_pure_rl}
     correlation = min_loss_correlation(rows) if len(sft_datasets) >= 2 else None
@@ -324,5 +328,7 @@ def run(args) -> int:
     options = fit_options(args)
     points_files, runs = classify_inputs(args.inputs)
     if points_files:
+        if args.benchmark:
+            raise UserError("--benchmark picks a score of RL runs' evaluations; a points file has one score column")
         return run_points(points_files, args, options)
     return run_branches(runs, args, options)

@@ -555,8 +555,9 @@ def _missing_experts_error(example: RLExample, needed: int, algorithm: str) -> D
 # --------------------------------------------------------------------------------------------
 # math benchmarks (Qwen2.5-Math evaluation layout)
 
-BENCHMARKS = ("gsm8k", "minerva_math", "olympiadbench", "aime24", "amc23")
-BENCHMARK_ALIASES = {"minerva": "minerva_math", "olympiad": "olympiadbench", "olympiadbench_en": "olympiadbench"}
+BENCHMARKS = ("gsm8k", "minerva_math", "olympiadbench", "aime24", "aime25", "amc23", "math500")
+BENCHMARK_ALIASES = {"minerva": "minerva_math", "olympiad": "olympiadbench", "olympiadbench_en": "olympiadbench",
+                     "math_500": "math500", "math-500": "math500", "aime2024": "aime24", "aime2025": "aime25"}
 
 
 def load_benchmark(
@@ -571,7 +572,10 @@ def load_benchmark(
     ``name`` is one of :data:`BENCHMARKS` and defaults to the file name (``gsm8k.jsonl`` -> gsm8k).
     Gold answers: gsm8k the number after ``####`` (thousands commas dropped); minerva_math the
     last ``\\boxed{...}`` of ``solution``; olympiadbench the ``final_answer`` list (prompt =
-    ``context`` + ``question``); aime24 / amc23 ``answer`` (a number: 27.0 -> "27").
+    ``context`` + ``question``); aime24 / aime25 / amc23 ``answer`` (a number: 27.0 -> "27");
+    math500 ``answer``, else the last ``\\boxed{...}`` of ``solution``. AIME25 is read in the layouts
+    it is published in (``problem`` as in math-ai/aime25, ``question`` as in opencompass/AIME2025),
+    MATH500 in HuggingFaceH4/MATH-500's (``problem``, ``solution``, ``answer``, ``subject``, ``level``).
     """
     name = name or Path(path).stem
     name = BENCHMARK_ALIASES.get(name, name)
@@ -617,24 +621,6 @@ def split_eval_entry(entry: str, key: str = "eval.files") -> tuple[str | None, s
     return name, path
 
 
-def load_eval_files(
-    entries: list[str], resolve: Callable[[str], str], *, skip_bad_rows: bool = False,
-    counter: BadRowCounter | None = None, key: str = "eval.files",
-) -> list[RLExample]:
-    """The evaluation problems of ``entries`` (see :func:`split_eval_entry`), in order: a benchmark
-    file through :func:`load_benchmark` (GSM8K's gold is the number after ``####``, not the worked
-    solution), any other file through :func:`load_rl`. ``resolve`` turns a path or ``embedded:`` name
-    into the path to read."""
-    examples: list[RLExample] = []
-    for entry in entries:
-        name, path = split_eval_entry(entry, key)
-        if name is None:
-            examples += load_rl([resolve(path)], skip_bad_rows=skip_bad_rows, counter=counter)
-        else:
-            examples += load_benchmark(resolve(path), name, skip_bad_rows=skip_bad_rows, counter=counter)
-    return examples
-
-
 def _gsm8k(record: dict[str, Any], check: _Checker) -> tuple[str, list[str]]:
     solution = check.text(check.required(record, "answer"), "answer")
     if "####" not in solution:
@@ -673,12 +659,31 @@ def _amc23(record: dict[str, Any], check: _Checker) -> tuple[str, list[str]]:
     return question, normalize_ground_truth(check.required(record, "answer"), check, "answer")
 
 
+def _aime25(record: dict[str, Any], check: _Checker) -> tuple[str, list[str]]:
+    key = "problem" if "problem" in record else "question"
+    problem = check.text(check.required(record, key), key)
+    return problem, normalize_ground_truth(check.required(record, "answer"), check, "answer")
+
+
+def _math500(record: dict[str, Any], check: _Checker) -> tuple[str, list[str]]:
+    problem = check.text(check.required(record, "problem"), "problem")
+    if record.get("answer") not in (None, ""):
+        return problem, normalize_ground_truth(record["answer"], check, "answer")
+    solution = check.text(check.required(record, "solution"), "solution")
+    gold = last_boxed(solution)
+    if gold is None:
+        raise check.bad_value("solution", "no 'answer' and no \\boxed{...} answer in 'solution'")
+    return problem, [gold]
+
+
 _BENCHMARK_PARSERS: dict[str, Callable[[dict[str, Any], _Checker], tuple[str, list[str]]]] = {
     "gsm8k": _gsm8k,
     "minerva_math": _minerva,
     "olympiadbench": _olympiadbench,
     "aime24": _aime24,
+    "aime25": _aime25,
     "amc23": _amc23,
+    "math500": _math500,
 }
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -55,21 +54,6 @@ def avg_at_k_stderr(scores_per_problem: Sequence[Sequence[float]]) -> float:
     """Standard error of :func:`avg_at_k` over problems: the sample standard deviation (ddof=1) of the
     per-problem means divided by sqrt(number of problems). NaN for a single problem."""
     return _stderr(problem_means(scores_per_problem))
-
-
-def per_benchmark(scores_per_problem: Sequence[Sequence[float]], benchmarks: Sequence[str | None]) -> dict[str, Any]:
-    """avg@n by benchmark, as the paper reports its six: ``{"benchmarks": {name: {"avg_at_n",
-    "avg_at_n_stderr", "num_problems"}}, "macro_avg_at_n": the unweighted mean over benchmarks}``.
-    ``benchmarks[i]`` names problem ``i``'s set (its ``data_source``; None counts as "other")."""
-    if len(benchmarks) != len(scores_per_problem):
-        raise ValueError(f"per_benchmark: {len(benchmarks)} names for {len(scores_per_problem)} problems")
-    groups: dict[str, list[Sequence[float]]] = {}
-    for name, row in zip(benchmarks, scores_per_problem):
-        groups.setdefault(name or "other", []).append(row)
-    table = {name: {"avg_at_n": avg_at_k(rows), "avg_at_n_stderr": avg_at_k_stderr(rows), "num_problems": len(rows)}
-             for name, rows in groups.items()}
-    macro = sum(v["avg_at_n"] for v in table.values()) / len(table) if table else float("nan")
-    return {"benchmarks": table, "macro_avg_at_n": macro}
 
 
 def paired_difference(

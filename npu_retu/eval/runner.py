@@ -17,6 +17,7 @@ from typing import Any
 from npu_retu.data.schemas import RLExample
 from npu_retu.data.tokenize import tokenize_prompt
 from npu_retu.eval.metrics import avg_at_k, avg_at_k_stderr, mean_pass_at_k
+from npu_retu.report.progress import Progress
 from npu_retu.rollout.base import RolloutEngine, SamplingParams
 
 # reward_fn([(response_text, ground_truths), ...]) -> one score per response
@@ -83,12 +84,18 @@ def evaluate(
     max_new_tokens: int = 1024,
     seed: int | None = 0,
     ks: Sequence[int] = (1,),
+    samples: list[dict[str, Any]] | None = None,
+    progress: str | None = None,
 ) -> EvalResult:
     """Sample ``n`` responses per example, score them with ``reward_fn``, and report avg@n and pass@k.
 
     Prompts are rendered with the tokenizer's chat template and the generation prompt
     (:func:`~npu_retu.data.tokenize.tokenize_prompt`). ``reward_fn`` gets every (response text,
-    accepted answers) pair in one call and returns one score per pair.
+    accepted answers) pair in one call and returns one score per pair. A ``samples`` list is filled
+    with one record per sample (``problem`` index, ``sample`` index, ``response`` text, ``score``,
+    ``response_tokens``, ``finish_reason``), for saving the generations. ``progress`` names the
+    stage for a progress bar (or line) over the samples (:class:`npu_retu.report.progress.Progress`),
+    counted per decoded batch where the engine reports batches (``on_batch``).
     """
     if not examples:
         raise ValueError("evaluate: no examples")
@@ -97,13 +104,27 @@ def evaluate(
         raise ValueError(f"evaluate: every k of pass@k must be an integer in 1..n={n}, got {bad_ks}")
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     prompts = [tokenize_prompt(example.prompt, tokenizer) for example in examples]
-    trajectories = rollout.generate(prompts, params)
+    with Progress(len(prompts) * n, progress or "eval", unit="sample", enabled=progress is not None) as bar:
+        hooked = progress is not None and hasattr(rollout, "on_batch")
+        if hooked:
+            rollout.on_batch = bar.update
+        try:
+            trajectories = rollout.generate(prompts, params)
+        finally:
+            if hooked:
+                rollout.on_batch = None
+        if not hooked:
+            bar.update(len(trajectories))
 
     raw_scores = list(reward_fn([(t.text, examples[t.prompt_index].ground_truth) for t in trajectories]))
     if len(raw_scores) != len(trajectories):
         raise ValueError(f"evaluate: reward_fn returned {len(raw_scores)} scores for {len(trajectories)} responses")
     scores: list[list[float]] = [[] for _ in examples]
     for trajectory, score in zip(trajectories, raw_scores):
+        if samples is not None:
+            samples.append({"problem": trajectory.prompt_index, "sample": len(scores[trajectory.prompt_index]),
+                            "response": trajectory.text, "score": float(score),
+                            "response_tokens": trajectory.num_response_tokens, "finish_reason": trajectory.finish_reason})
         scores[trajectory.prompt_index].append(float(score))
 
     correct = [[score > 0 for score in row] for row in scores]

@@ -105,11 +105,11 @@ def evaluate_checkpoints(cfg: Config, root: Path, name: str, sft_done: dict[str,
     sampling and seed): the Pure-SFT curve, one point ``{step, flops, avg_at_n, ...}`` per checkpoint.
     Step 0 is the starting model itself (``cfg.model.path``, 0 FLOPs).
     """
-    from npu_retu.eval.runner import evaluate
     from npu_retu.models.modeling import load_model, load_tokenizer
     from npu_retu.reward import make_reward
     from npu_retu.rollout import TransformersRollout
-    from npu_retu.trainer.rl import load_eval_examples
+    from npu_retu.eval.suite import run_suite
+    from npu_retu.trainer.rl import load_eval_suite
     from npu_retu.data.errors import BadRowCounter
 
     folder = root / name
@@ -123,9 +123,8 @@ def evaluate_checkpoints(cfg: Config, root: Path, name: str, sft_done: dict[str,
         else:
             todo.append(step)
     if todo:
-        e = cfg.eval
-        examples = load_eval_examples(cfg, BadRowCounter())
-        if not examples:
+        suite = load_eval_suite(cfg, BadRowCounter())
+        if suite is None:
             raise UserError("eval.files is empty: the experiments need held-out problems to score")
         with make_reward(cfg.rl.reward.name, num_workers=cfg.rl.reward.num_workers, timeout_s=cfg.rl.reward.timeout_s) as reward:
             for step in todo:
@@ -137,15 +136,14 @@ def evaluate_checkpoints(cfg: Config, root: Path, name: str, sft_done: dict[str,
                 model = load_model(str(model_dir), cfg.model.dtype, cfg.model.attn_implementation,
                                    trust_remote_code=cfg.model.trust_remote_code)
                 rollout = TransformersRollout(model, tokenizer, batch_size=cfg.rl.rollout.batch_size)
-                result = evaluate(
-                    rollout, tokenizer, examples, reward.score, n=e.n, temperature=e.temperature, top_p=e.top_p,
-                    max_new_tokens=e.max_new_tokens or cfg.rl.max_response_length, seed=e.seed, ks=tuple(e.ks),
-                )
-                point = {"step": step, "flops": flops_at.get(step, 0.0), "checkpoint": str(model_dir), **result.to_dict(),
+                result = run_suite(rollout, tokenizer, suite, reward.score, seed=cfg.eval.seed,
+                                   save_to=folder / f"step-{step:06d}" if cfg.eval.save_generations else None,
+                                   show_progress=cfg.run.progress)
+                point = {"step": step, "flops": flops_at.get(step, 0.0), "checkpoint": str(model_dir), **result,
                          "seconds": time.perf_counter() - t0}
                 write_json_atomic(folder / f"step-{step:06d}.json", point)
                 points.append(point)
-                say(f"[{name}] SFT step {step}: {result.summary()}")
+                say(f"[{name}] SFT step {step}: {result['summary']}")
     points.sort(key=lambda p: p["step"])
     return [{k: v for k, v in p.items() if k != "scores"} for p in points]
 

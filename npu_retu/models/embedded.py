@@ -248,6 +248,8 @@ def pretrain_base(
     import torch
     from transformers import AutoTokenizer
 
+    from npu_retu.report.progress import Progress
+
     if steps < 1:
         raise UserError(f"pretrain_base: steps must be >= 1, got {steps}")
     if tokenizer is None:
@@ -271,6 +273,8 @@ def pretrain_base(
     warmup = max(1, steps // 20) if warmup is None else warmup
     order_rng = random.Random(seed)
     order: list[int] = []
+    # the first build takes minutes: a bar on a terminal, else a line every NPU_RETU_PROGRESS_INTERVAL seconds
+    progress = Progress(steps, "embedded base pretraining")
     for step in range(steps):
         if len(order) < batch_size:
             more = list(range(len(documents)))
@@ -288,6 +292,8 @@ def pretrain_base(
         optimizer.step()
         if log is not None:
             log({"step": step + 1, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]})
+        progress.update(1, loss=f"{loss.item():.3f}")
+    progress.close()
 
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)

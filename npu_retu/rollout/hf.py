@@ -96,6 +96,7 @@ class TransformersRollout:
             raise ValueError("no end-of-sequence token: the model's generation_config and the tokenizer name none")
         self.pad_token_id = _pad_id(model, tokenizer, self.eos_token_ids)
         self.last_stats: GenerationStats | None = None
+        self.on_batch: Any = None  # called with the number of sequences after each decoded batch (progress)
 
     # ---- the RolloutEngine protocol -----------------------------------------------------------
 
@@ -122,6 +123,8 @@ class TransformersRollout:
                 for start in range(0, len(rows), self.batch_size):
                     chunk = rows[start : start + self.batch_size]
                     trajectories += self._generate_batch([prompts[p] for p, _ in chunk], chunk, params, generator)
+                    if self.on_batch is not None:
+                        self.on_batch(len(chunk))
         finally:
             self.model.train(was_training)
         backend.synchronize()

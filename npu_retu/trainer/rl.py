@@ -64,17 +64,18 @@ from npu_retu.algos import (
 from npu_retu.algos.logprobs import response_token_logprobs
 from npu_retu.config import Config, RLConfig
 from npu_retu.data.errors import BadRowCounter, DataError, parse_source
-from npu_retu.data.schemas import RLExample, attach_experts, load_eval_files, load_rl, require_experts
+from npu_retu.data.schemas import RLExample, attach_experts, load_rl, require_experts
 from npu_retu.data.prepare import tokenize_rl_examples
 from npu_retu.distributed import process_group as pg
 from npu_retu.distributed.process_group import RankInfo
 from npu_retu.engine import build_engine
 from npu_retu.errors import UserError
-from npu_retu.eval.metrics import per_benchmark
 from npu_retu.eval.runner import evaluate, merge_results
+from npu_retu.eval.suite import Suite, run_suite, suite_from_config
 from npu_retu.flops import ModelShape, hybrid_step_flops, step_mfu, tokens_flops, upt_step_flops
 from npu_retu.models.modeling import load_model, resolve_path
 from npu_retu.report.metrics import WeightedSums, max_over_ranks, sum_over_ranks, write_json_atomic
+from npu_retu.report.progress import Progress
 from npu_retu.reward import make_reward
 from npu_retu.rollout import SamplingParams, Trajectory, build_rollout
 from npu_retu.trainer import checkpoint as ckpt
@@ -205,7 +206,7 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
 
     counter = BadRowCounter()
     prompts, examples, experts = load_rl_prompts(rl, run.tokenizer, cfg.data.skip_bad_rows, counter, num_workers=cfg.data.num_workers)
-    test_examples = load_eval_examples(cfg, counter)
+    test_suite = load_eval_suite(cfg, counter)
     sampler = PromptSampler(len(examples), cfg.run.seed, cfg.data.shuffle)
     optimizer_steps = rl.max_steps * rl.ppo_epochs * (rl.train_batch_prompts // rl.mini_batch_prompts)
     seqs_per_rank = -(-rl.mini_batch_prompts * algo.n // ranks.world_size)
@@ -232,15 +233,17 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
     logger = run.logger(step)
     say(
         f"rl: {rl.algorithm} on {len(examples)} prompts, {rl.max_steps} steps of {rl.train_batch_prompts} prompts x "
-        f"{algo.n} samples, evaluation on {len(test_examples)} problems every {rl.eval_every} steps, device {backend.name}, "
+        f"{algo.n} samples, evaluation on {test_suite.describe() if test_suite else 'no problems'} every {rl.eval_every} steps, device {backend.name}, "
         f"engine {cfg.engine.name}, rollout {rollout_name}" + (f", {ranks.world_size} ranks ({backend.dist_backend})" if ranks.distributed else "")
     )
     if reward is None:
         reward = make_reward(rl.reward.name, num_workers=rl.reward.num_workers, timeout_s=rl.reward.timeout_s)
-    evaluate_now = functools.partial(evaluate_policy, rollout, run, test_examples, reward, logger)
+    evaluate_now = functools.partial(evaluate_policy, rollout, run, test_suite, reward, logger)
 
+    # a bar on a terminal, else a line every NPU_RETU_PROGRESS_INTERVAL seconds (also when quiet: CI logs and nohup)
+    progress = Progress(rl.max_steps, "rl steps", initial=step, enabled=cfg.run.progress and ranks.is_main)
     try:
-        if step == 0 and rl.eval_at_start and test_examples:
+        if step == 0 and rl.eval_at_start and test_suite:
             evals.append(evaluate_now(0, flops))
         while step < rl.max_steps and not compute_spent(rl, flops):
             t_step, timer, reward_before = time.perf_counter(), Stopwatch(), reward.stats()
@@ -277,6 +280,8 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
             if peak:  # the whole step (generation + update) over all ranks: npu_retu.flops.step_mfu
                 row["train/mfu"] = step_mfu(step_flops, dt, peak, ranks.world_size)
             logger.log(step, flops, row)
+            budget = {"compute": f"{100 * flops / rl.max_flops:.0f}%"} if rl.max_flops > 0 else {}
+            progress.update(1, acc=f"{row['rollout/accuracy']:.3f}", **budget)
             say(
                 f"rl step {step:>4}  acc {row['rollout/accuracy']:.3f}  kept {batch.stats['groups_kept']}/"
                 f"{batch.stats['groups_generated']} in {batch.stats['draws']} draws  len {row['rollout/response_length_mean']:.0f}  "
@@ -284,7 +289,7 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
             )
 
             last_step = step == rl.max_steps or compute_spent(rl, flops)
-            if rl.eval_every > 0 and test_examples and (step % rl.eval_every == 0 or last_step):
+            if rl.eval_every > 0 and test_suite and (step % rl.eval_every == 0 or last_step):
                 evals.append(evaluate_now(step, flops))
             if save_checkpoints and (step % rl.save_every == 0 or last_step):
                 state = {
@@ -299,6 +304,7 @@ def _train_rl(cfg: Config, run: Run, *, reward: Any, save_checkpoints: bool) -> 
                 }
                 run.save_checkpoint(step, engine, state, keep=rl.keep_checkpoints)
     finally:
+        progress.close()
         reward.close()
         logger.close()
 
@@ -606,41 +612,51 @@ def synchronized_step_flops(shape, counts: dict[str, float], experts: str, ppo_e
 # evaluation, data and metrics
 
 
-def evaluate_sharded(rollout, tokenizer, examples: list, reward_fn, ranks, **settings):
+def evaluate_sharded(rollout, tokenizer, examples: list, reward_fn, ranks, samples: list | None = None, **settings):
     """:func:`npu_retu.eval.runner.evaluate` with the problems split over the ranks and the scores
-    gathered: every rank returns the result over all of ``examples``."""
+    (and, with ``samples``, the per-sample records) gathered: every rank returns the result over all
+    of ``examples``."""
     mine = examples[ranks.rank :: ranks.world_size]
-    part = evaluate(rollout, tokenizer, mine, reward_fn, **settings) if mine else None
+    kept: list | None = [] if samples is not None else None
+    part = evaluate(rollout, tokenizer, mine, reward_fn, samples=kept, **settings) if mine else None
     if not ranks.distributed:
+        if samples is not None:
+            samples.extend(kept or [])
         return part
+    if samples is not None:  # rank r's problem i is problem r + W * i
+        gathered = pg.all_gather_objects([(ranks.rank, kept or [])])
+        records = [{**rec, "problem": rank + ranks.world_size * rec["problem"]} for part_list in gathered for rank, recs in part_list for rec in recs]
+        samples.extend(sorted(records, key=lambda rec: (rec["problem"], rec["sample"])))
     # shard r holds problems r, r + W, ...; ranks past the last problem evaluated nothing
     return merge_results([p for p in pg.all_gather_objects(part) if p is not None], ks=settings.get("ks", (1,)))
 
 
 def evaluate_policy(
-    rollout: Any, run: Run, examples: list[RLExample], reward: Any, logger: Any, at_step: int, flops: float
+    rollout: Any, run: Run, suite: Suite, reward: Any, logger: Any, at_step: int, flops: float
 ) -> dict[str, Any]:
-    """The held-out evaluation point (RL compute so far, scores) at ``at_step``: written to
-    ``eval/step-N.json``, logged, and returned without the per-problem scores."""
+    """The held-out evaluation point (RL compute so far, scores) at ``at_step``: every benchmark of the
+    suite (:func:`npu_retu.eval.suite.run_suite`, the same path as ``npu-retu eval``), written to
+    ``eval/step-N.json`` with the generations and per-item scores in ``eval/step-N/`` (with
+    ``eval.save_generations``), logged (each benchmark's avg@n against compute), and returned
+    without the per-problem scores."""
     t0 = time.perf_counter()
-    e, rl = run.cfg.eval, run.cfg.rl
-    result = evaluate_sharded(
-        rollout, run.tokenizer, examples, reward.score, run.ranks, n=e.n, temperature=e.temperature, top_p=e.top_p,
-        max_new_tokens=e.max_new_tokens or rl.max_response_length, seed=e.seed, ks=tuple(e.ks),
-    )
-    point = {"step": at_step, "flops": flops, **result.to_dict(), "summary": result.summary(), "seconds": time.perf_counter() - t0}
-    sources = [ex.data_source for ex in examples]
-    if len(set(sources)) > 1:  # several benchmarks: each one's avg@n and their macro average, as the paper reports
-        point.update(per_benchmark(result.scores, sources))
+    e = run.cfg.eval
+    evaluate_fn = functools.partial(evaluate_sharded, ranks=run.ranks)
+    save_to = run.dir / "eval" / f"step-{at_step:06d}" if e.save_generations else None
+    result = run_suite(rollout, run.tokenizer, suite, reward.score, seed=e.seed, evaluate_fn=evaluate_fn,
+                       save_to=save_to, write=run.ranks.is_main, show_progress=run.cfg.run.progress)
+    point = {"step": at_step, "flops": flops, **result, "seconds": time.perf_counter() - t0}
     if run.ranks.is_main:
         write_json_atomic(run.dir / "eval" / f"step-{at_step:06d}.json", point)
     summary = {k: v for k, v in point.items() if k != "scores"}
-    row = {f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("step", "flops")}
+    row = {f"eval/{k}": v for k, v in summary.items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "flops")}
     for name, scores in summary.get("benchmarks", {}).items():  # eval/gsm8k/avg_at_n, ... against compute
-        row.update({f"eval/{name}/{k}": float(v) for k, v in scores.items()})
+        row.update({f"eval/{name}/{k}": float(v) for k, v in scores.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"})
     logger.log(at_step, flops, row)
     by_set = "".join(f"; {name} {100 * v['avg_at_n']:.1f}%" for name, v in summary.get("benchmarks", {}).items())
-    run.say(f"rl: eval at step {at_step}: {result.summary()}{by_set}")
+    run.say(f"rl: eval at step {at_step}: {point['summary']}{by_set}")
     return summary
 
 
@@ -682,16 +698,12 @@ def load_rl_prompts(rl: RLConfig, tokenizer, skip_bad_rows: bool, counter, *, nu
     return prompts, kept, experts
 
 
-def load_eval_examples(cfg: Config, counter) -> list:
-    """The held-out problems (``eval.files``, at most ``eval.max_problems``): a ``NAME=FILE`` entry
-    through that benchmark's loader (``gsm8k=.../test.jsonl``: gold = the number after ``####``), a
-    plain path as RL rows (:func:`npu_retu.data.schemas.load_eval_files`)."""
-    if not cfg.eval.files:
-        return []
-    examples = load_eval_files(cfg.eval.files, data_path, skip_bad_rows=cfg.data.skip_bad_rows, counter=counter)
-    if cfg.eval.max_problems:
-        examples = examples[: cfg.eval.max_problems]
-    return examples
+def load_eval_suite(cfg: Config, counter) -> Suite | None:
+    """The held-out benchmarks (:func:`npu_retu.eval.suite.suite_from_config`): ``eval.suite``, else
+    one per ``eval.files`` entry (``NAME=FILE`` through that benchmark's loader: ``gsm8k=.../test.jsonl``
+    scores against the number after ``####``; a plain path as RL rows); None when there is none."""
+    return suite_from_config(cfg.eval, cfg.rl.max_response_length, data_path,
+                             skip_bad_rows=cfg.data.skip_bad_rows, counter=counter)
 
 
 def rollout_metrics(generated: list[Group], kept: list[Group]) -> dict[str, float]:

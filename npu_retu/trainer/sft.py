@@ -19,14 +19,12 @@ checkpoint shards.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from npu_retu.algos import build_loss
 from npu_retu.config import Config
@@ -39,6 +37,7 @@ from npu_retu.errors import UserError
 from npu_retu.flops import ModelShape, step_mfu, tokens_flops
 from npu_retu.monitor.online import PhaseMonitor
 from npu_retu.report.metrics import read_metrics, sum_over_ranks, write_json_atomic
+from npu_retu.report.progress import Progress
 from npu_retu.trainer import checkpoint as ckpt
 from npu_retu.trainer.setup import Run, data_path, init_compute, open_run
 
@@ -150,7 +149,8 @@ def _train_sft(cfg: Config, run: Run, *, quiet: bool) -> SFTResult:
     if not val and cfg.monitor.enabled:
         raise UserError("the phase monitor needs validation data: set data.val_files or data.val_size")
 
-    progress = _progress_bar(steps_total, step, enabled=cfg.run.progress and not quiet and ranks.is_main)
+    # a bar on a terminal, else a line every NPU_RETU_PROGRESS_INTERVAL seconds (also when quiet: CI logs and nohup)
+    progress = Progress(steps_total, "sft steps", initial=step, enabled=cfg.run.progress and ranks.is_main)
     stop_reason = None
     try:
         while step < steps_total:
@@ -189,8 +189,7 @@ def _train_sft(cfg: Config, run: Run, *, quiet: bool) -> SFTResult:
                 row["train/mfu"] = step_mfu(step_flops, dt, peak, ranks.world_size)
             if step % cfg.sft.log_every == 0 or step == steps_total:
                 logger.log(step, flops, row)
-            progress.update(1)
-            progress.set_postfix(loss=f"{row['train/loss']:.4f}")
+            progress.update(1, loss=f"{row['train/loss']:.4f}")
 
             at_eval = step % cfg.sft.eval_every == 0 or step == steps_total
             at_save = step % cfg.sft.save_every == 0 or step == steps_total
@@ -303,7 +302,3 @@ def _best_steps(monitor) -> set[int]:
     if monitor.first_decision is not None:
         keep.add(monitor.first_decision.checkpoint_step)
     return {s for s in keep if s is not None}
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty()))

@@ -273,6 +273,81 @@ def test_ascend_falls_back_to_pytorch_tiles_with_the_reason(monkeypatch, caplog)
     assert (logp.double() - oracle_logprobs(hidden, weight, targets, 1.0)[0]).abs().max() < 2e-5
 
 
+def documented_online_max_sum(input, weight, target, vocab_start_index, vocab_end_index, return_logits=False):
+    """aclnnFusedLinearOnlineMaxSum as CANN's documentation writes it (no NPU here: the injected
+    operator of the wiring tests): per row the logits' max, sum(exp(logit - max)), the target's
+    logit - max (0 outside [start, end]), the packed out-of-range mask and the shifted target."""
+    logits = input.float() @ weight.float().T
+    logits_max = logits.max(dim=-1).values
+    shifted = logits - logits_max[:, None]
+    outside = (target < vocab_start_index) | (target > vocab_end_index)
+    masked_target = torch.where(outside, torch.zeros_like(target), target - vocab_start_index)
+    predicted = torch.where(outside, torch.zeros_like(logits_max), shifted.gather(-1, masked_target[:, None]).squeeze(-1))
+    bits = torch.ones(-(-len(target) // 8) * 8, dtype=torch.uint8)
+    bits[: len(target)] = outside.to(torch.uint8)
+    packed = (bits.view(-1, 8) << torch.arange(8, dtype=torch.uint8)).sum(-1).to(torch.uint8)
+    return logits_max, shifted.exp().sum(-1), predicted, packed, masked_target, logits.to(input.dtype) if return_logits else None
+
+
+class CountingOp:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return documented_online_max_sum(*args, **kwargs)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_ascend_forward_takes_cann_fused_op_for_bf16_log_probs(monkeypatch, temperature):
+    """bf16 log-probs without entropy go to CANN's operator one token chunk at a time; their
+    backward (from the lse it gave) matches fp64; entropy or fp32 take the tiles instead."""
+    from npu_retu.kernels import ascend
+    from npu_retu.kernels.logprobs import linear_logprobs
+
+    monkeypatch.setattr(ascend, "interpreting", lambda: False)
+    monkeypatch.setattr(ascend, "unavailable_reason", lambda: "triton-ascend not importable: (test)")
+    op = CountingOp()
+    tiles = ascend.AscendTiles(token_chunk=5, cann_op=op)
+    hidden, weight, targets = make_inputs(13, 16, 97, torch.bfloat16)
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    logp, _ = linear_logprobs(tiles, h, w, targets, temperature=temperature)
+    assert op.calls == 3  # 13 tokens in chunks of 5
+    want, _ = oracle_logprobs(hidden, weight, targets, temperature)
+    assert (logp.double() - want).abs().max() < 2e-2  # h / T is rounded to bf16 before the operator
+    logp.sum().backward()
+    hd, wd = hidden.double().requires_grad_(), weight.double().requires_grad_()
+    oracle_logprobs(hd, wd, targets, temperature)[0].sum().backward()
+    torch.testing.assert_close(h.grad.double(), hd.grad, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(w.grad.double(), wd.grad, rtol=2e-2, atol=2e-2)
+
+    linear_logprobs(tiles, hidden, weight, targets, temperature=temperature, return_entropy=True)
+    linear_logprobs(tiles, hidden.float(), weight.float(), targets, temperature=temperature)
+    assert op.calls == 3  # neither went to the operator
+
+
+def test_the_documented_operator_gives_the_log_softmax():
+    hidden, weight, targets = make_inputs(9, 8, 40, torch.float32)
+    logits_max, sum_exp, predicted, packed, masked, _ = documented_online_max_sum(hidden, weight, targets, 0, 39)
+    want, _ = oracle_logprobs(hidden, weight, targets, 1.0)
+    assert ((predicted - sum_exp.log()).double() - want).abs().max() < 2e-5
+    assert packed.shape == (2,) and torch.equal(masked, targets)  # (9 + 7) // 8 mask bytes; every target in range
+
+
+def test_cann_operator_lookup_names_what_is_missing():
+    from types import SimpleNamespace
+
+    from npu_retu.kernels.ascend.cann import find_online_max_sum
+
+    op, where = find_online_max_sum(SimpleNamespace(npu_fused_linear_online_max_sum=documented_online_max_sum))
+    assert op is documented_online_max_sum and where == "torch_npu.npu_fused_linear_online_max_sum"
+    op, where = find_online_max_sum(SimpleNamespace(fused_linear_online_max_sum=documented_online_max_sum))
+    assert where == "torch_npu.fused_linear_online_max_sum"
+    op, where = find_online_max_sum(SimpleNamespace(__version__="2.5.1"))
+    assert op is None and where == ("torch_npu 2.5.1 has no npu_fused_linear_online_max_sum or fused_linear_online_max_sum "
+                                    "(op-plugin before 2025-09)")
+
+
 @needs_triton
 def test_ascend_switches_to_pytorch_tiles_when_a_kernel_fails_to_compile(caplog):
     from triton.compiler.errors import CompilationError

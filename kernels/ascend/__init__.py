@@ -11,6 +11,10 @@ launches them with
 * the tile sizes of each op for the unified buffer: ``logprobs.py`` (``BLOCK_V = 2048``) and
   ``policy_loss.py`` (none of its own).
 
+The log-probs forward without entropy in bf16 / fp16 goes first to CANN's own fused operator
+(``aclnnFusedLinearOnlineMaxSum`` through torch_npu, ``cann.py``) where torch_npu has it; the rest
+(entropy, fp32, every backward, the policy loss) runs the tiles below.
+
 Where triton-ascend is not installed, or a kernel fails to compile on this CANN version, the
 ``reference`` tile operations run instead (PyTorch ops, dispatched to the NPU by torch_npu), with a
 warning that says why. Nothing here ran on Ascend hardware in this project's CI: the launch logic
@@ -21,7 +25,9 @@ against triton-ascend's documented driver API.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from npu_retu.kernels.ascend.cann import CannLogprobs, find_online_max_sum
 from npu_retu.kernels.ascend.logprobs import ASCEND_BLOCK_V, ASCEND_TOKEN_CHUNK
 from npu_retu.kernels.reference import TorchTiles
 from npu_retu.kernels.triton import TritonTiles, interpreting
@@ -64,13 +70,20 @@ def vector_core_count() -> int:
 class AscendTiles:
     """Triton tiles with Ascend launch settings, or the PyTorch tiles when those cannot run.
 
-    ``max_programs`` overrides the vector-core count (tests on the CPU interpreter pass one).
+    ``max_programs`` overrides the vector-core count (tests on the CPU interpreter pass one);
+    ``cann_op`` is CANN's fused forward operator (default: looked up in torch_npu; ``False``: not
+    used), which tests inject since no NPU is present.
     """
 
     name = "ascend"
 
-    def __init__(self, token_chunk: int = ASCEND_TOKEN_CHUNK, block_v: int = ASCEND_BLOCK_V, max_programs: int | None = None):
+    def __init__(self, token_chunk: int = ASCEND_TOKEN_CHUNK, block_v: int = ASCEND_BLOCK_V, max_programs: int | None = None,
+                 cann_op: Any = None):
         self.token_chunk = token_chunk
+        if cann_op is None and not interpreting():
+            cann_op, where = find_online_max_sum()
+            logger.info("ascend kernels: CANN fused log-probs forward %s", f"from {where}" if cann_op else f"not used: {where}")
+        self.cann = CannLogprobs(cann_op) if cann_op else None
         reason = None if interpreting() else unavailable_reason()
         if reason is None:
             if max_programs is None:  # on the CPU interpreter there is no NPU to ask: a stand-in count
@@ -93,8 +106,10 @@ class AscendTiles:
             self.backend = self._tiles.name
             return getattr(self._tiles, method)(*args, **kwargs)
 
-    def stats(self, *args, **kwargs):
-        return self._call("stats", *args, **kwargs)
+    def stats(self, h, weight, y, temperature, with_entropy):
+        if self.cann is not None and self.cann.applies(h, weight, with_entropy):
+            return self.cann.stats(h, weight, y, temperature)
+        return self._call("stats", h, weight, y, temperature, with_entropy)
 
     def grads(self, *args, **kwargs):
         return self._call("grads", *args, **kwargs)

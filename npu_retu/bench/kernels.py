@@ -79,25 +79,23 @@ def logprob_functions(backend) -> dict[str, Callable | str]:
 
 def liger_triton_reason(backend) -> str | None:
     """Why Liger's Triton kernels (fused linear cross-entropy) cannot run here, or None."""
-    import importlib.util
-
-    if importlib.util.find_spec("liger_kernel") is None:
-        return "liger-kernel not installed (pip install 'npu-retu[bench]')"
-    if not (backend.is_accelerator and backend.kernel_impl == "triton"):
-        return (f"liger-kernel {_version('liger-kernel')} is installed, but its fused linear cross-entropy is a Triton "
-                f"kernel for NVIDIA / AMD / Intel GPUs and this device is {backend.name}")
-    return None
+    return _gpu_triton_reason(backend, "liger_kernel", "liger-kernel", "pip install 'npu-retu[bench]'",
+                              "its fused linear cross-entropy is a Triton kernel for NVIDIA / AMD / Intel GPUs")
 
 
 def cce_reason(backend) -> str | None:
     """Why Apple's Cut Cross-Entropy cannot run here, or None."""
+    return _gpu_triton_reason(backend, "cut_cross_entropy", "cut-cross-entropy", "pip install cut-cross-entropy",
+                              "its Triton kernels need an NVIDIA GPU")
+
+
+def _gpu_triton_reason(backend, module: str, distribution: str, install: str, needs: str) -> str | None:
     import importlib.util
 
-    if importlib.util.find_spec("cut_cross_entropy") is None:
-        return "cut-cross-entropy not installed (pip install cut-cross-entropy; its kernels need an NVIDIA GPU)"
+    if importlib.util.find_spec(module) is None:
+        return f"{distribution} not installed ({install})"
     if not (backend.is_accelerator and backend.kernel_impl == "triton"):
-        return (f"cut-cross-entropy {_version('cut-cross-entropy')} is installed, but its Triton kernels need an NVIDIA GPU "
-                f"and this device is {backend.name}")
+        return f"{distribution} {_version(distribution)} is installed, but {needs} and this device is {backend.name}"
     return None
 
 

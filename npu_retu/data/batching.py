@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from npu_retu.data.tokenize import TokenizedExample
+from npu_retu.data.tokenize import TokenizedExample, example_length, take
 from npu_retu.errors import UserError
 
 IGNORE_INDEX = -100  # the label value that torch's cross-entropy (and transformers) skip
@@ -194,7 +194,7 @@ def block_causal_mask(document_ids: torch.Tensor, dtype: torch.dtype = torch.flo
 # validation split and the resumable batcher
 
 
-def split_validation(examples: Sequence[T], val_size: int, seed: int) -> tuple[list[T], list[T]]:
+def split_validation(examples: Sequence[T], val_size: int, seed: int) -> tuple[Sequence[T], Sequence[T]]:
     """Hold out ``val_size`` examples, chosen by a permutation seeded with ``seed``.
 
     Deterministic and disjoint; both parts keep the original order of the examples.
@@ -205,8 +205,9 @@ def split_validation(examples: Sequence[T], val_size: int, seed: int) -> tuple[l
         )
     permutation = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
     held_out = set(permutation[:val_size])
-    train = [example for i, example in enumerate(examples) if i not in held_out]
-    val = [example for i, example in enumerate(examples) if i in held_out]
+    # a TokenizedSet stays one (compact); a list stays a list
+    train = take(examples, [i for i in range(len(examples)) if i not in held_out])
+    val = take(examples, sorted(held_out))
     return train, val
 
 
@@ -258,7 +259,7 @@ class SFTBatcher:
             else:
                 order = list(range(count))
             if self.packing:
-                bins = first_fit_bins([len(self.examples[i]) for i in order], self.max_length)
+                bins = first_fit_bins([example_length(self.examples, i) for i in order], self.max_length)
                 rows = [[order[i] for i in members] for members in bins]
             else:
                 rows = [[i] for i in order]

@@ -49,7 +49,7 @@ from npu_retu.data.errors import BadRowCounter, ChatTemplateError, DataError, Sk
 from npu_retu.data.readers import data_files, read_rows
 from npu_retu.data.schemas import RLExample, SFTExample, sft_example_from_row
 from npu_retu.data.token_cache import CacheEntry, TokenCache, tokenizer_fingerprint
-from npu_retu.data.tokenize import TOO_LONG_CHOICES, TokenizedExample, too_long_error
+from npu_retu.data.tokenize import TOO_LONG_CHOICES, TokenizedSet, too_long_error
 from npu_retu.errors import EnvironmentFault
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class _File:
 
     name: str
     key: str | None
-    examples: list[TokenizedExample] = field(default_factory=list)
+    examples: list[TokenizedSet] = field(default_factory=list)  # pieces, in order
     too_long: list[tuple[str, int]] = field(default_factory=list)  # (source, length), skipped
     failure: Exception | None = None  # the first tokenization error, raised once every file was read
     rows: int = 0
@@ -104,8 +104,9 @@ def tokenize_sft_files(
     num_workers: int | None = None,
     cache: bool = True,
     cache_dir: str | Path | None = None,
-) -> list[TokenizedExample]:
-    """The tokenized SFT examples of ``paths`` (files, folders, globs, datasets folders), in order.
+) -> TokenizedSet:
+    """The tokenized SFT examples of ``paths`` (files, folders, globs, datasets folders), in order,
+    held compactly as flat arrays (:class:`~npu_retu.data.tokenize.TokenizedSet`, ~5 bytes a token).
 
     The same as ``load_sft(paths, skip_bad_rows=..., counter=...)`` followed by ``tokenize_sft`` on
     each example, with rows longer than ``max_length`` skipped and counted in ``counter`` (reason
@@ -197,11 +198,12 @@ def tokenize_sft_files(
     for file in files:
         if file.failure is not None:
             raise file.failure
-    examples: list[TokenizedExample] = []
+    pieces: list[TokenizedSet] = []
     for file in files:
         for source, _length in file.too_long:
             counter.skip(source, TOO_LONG_REASON, field="messages")
-        examples.extend(file.examples)
+        pieces.extend(file.examples)
+    examples = TokenizedSet.concat(pieces)
     if report_at_end:
         counter.report()
     cached = sum(entry is not None for entry in entries)
@@ -231,7 +233,7 @@ def _replay(file: _File, entry: CacheEntry, counter: BadRowCounter, skip_bad_row
             raise error
         counter.skip(error)
     sources = [format_source(file.name, int(row)) for row in entry.example_rows]
-    file.examples = _examples(entry.input_ids, entry.loss_mask, entry.offsets, sources)
+    file.examples = [_examples(entry.input_ids, entry.loss_mask, entry.offsets, sources)]
     for row, length in entry.too_long:
         source = format_source(file.name, row)
         if mode == "error":
@@ -247,7 +249,7 @@ def _take_chunk(file: _File, chunk: _Chunk, sources: list[str], rows: list[int],
         if mode == "error":
             stop = min(stop, position)
             break
-    file.examples.extend(_examples(chunk.input_ids, chunk.loss_mask, chunk.offsets, [sources[i] for i in chunk.kept if i < stop]))
+    file.examples.append(_examples(chunk.input_ids, chunk.loss_mask, chunk.offsets, [sources[i] for i in chunk.kept if i < stop]))
     for position, length in chunk.too_long:
         if position < stop:
             file.too_long.append((sources[position], length))
@@ -259,13 +261,10 @@ def _take_chunk(file: _File, chunk: _Chunk, sources: list[str], rows: list[int],
         file.pieces.append((np.asarray([rows[i] for i in chunk.kept], np.int64), chunk.offsets, chunk.input_ids, chunk.loss_mask))
 
 
-def _examples(ids: np.ndarray, mask: np.ndarray, offsets: np.ndarray, sources: list[str]) -> list[TokenizedExample]:
+def _examples(ids: np.ndarray, mask: np.ndarray, offsets: np.ndarray, sources: list[str]) -> TokenizedSet:
     """Examples from flat arrays; ``sources`` may be shorter than ``offsets`` (a chunk cut at an error)."""
-    bounds = offsets.tolist()
-    return [
-        TokenizedExample(input_ids=ids[bounds[i] : bounds[i + 1]].tolist(), loss_mask=mask[bounds[i] : bounds[i + 1]].tolist(), source=source)
-        for i, source in enumerate(sources)
-    ]
+    end = int(offsets[len(sources)])
+    return TokenizedSet(ids[:end], mask[:end], offsets[: len(sources) + 1], sources)
 
 
 def _save(store: TokenCache, file: _File) -> None:

@@ -328,6 +328,35 @@ def test_base_steps_override_is_cached_apart(cache, monkeypatch):
         embedded._artifact("base")
 
 
+def test_textbook_solutions_work_the_chain_in_their_own_words():
+    import random
+
+    rng = random.Random(3)
+    for problem in synthetic.generate_problems(50, "uniform", 11):
+        text = synthetic.textbook_solution(problem, rng)
+        assert text.startswith("Solution. ") and text.endswith(f"So the answer is {problem.answer}.")
+        assert "<think>" not in text and "In short" not in text and "\n" not in text  # not the SFT trajectory's form
+        steps = re.findall(r"Step (\d+), (add|subtract|multiply by) (\d): (-?\d+) (.) (\d) = (-?\d+), keep (\d)\.", text)
+        assert [int(s[0]) for s in steps] == list(range(1, problem.steps + 1))
+        value = problem.start
+        for (_, _, operand, shown, _, _, raw, kept), op in zip(steps, problem.ops):  # the arithmetic is the problem's
+            assert int(shown) == value and int(operand) == op[1]
+            assert (int(raw), int(kept)) == synthetic.apply_op(value, op)
+            value = int(kept)
+
+
+def test_worked_pretraining_text_and_base_are_named_variants_beside_the_default(cache):
+    bare = _read_jsonl(embedded.resolve("embedded:pretrain-text"))
+    worked = _read_jsonl(embedded.resolve("embedded:pretrain-text-worked-50"))
+    assert len(worked) == len(bare) and not any("Solution. " in d["text"] for d in bare)
+    problems = [d for d in worked if "What" in d["text"] and "Answer" in d["text"] or "<|im_start|>" in d["text"]]
+    share = sum("Solution. " in d["text"] for d in problems) / len(problems)
+    assert 0.4 < share < 0.6  # half the problems, drawn by their own seed
+    assert embedded._artifact("base-worked-50")[0] == "base-worked-50"  # this module's recipe is its full one
+    with pytest.raises(UserError, match="the worked share is a percentage in 1..100, got 0"):
+        embedded.resolve("embedded:base-worked-0")
+
+
 # --------------------------------------------------------------------------------------------
 # the resolver's atomicity
 

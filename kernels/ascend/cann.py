@@ -4,16 +4,22 @@ CANN 8.3+ ships the two halves of Megatron's fused vocab-parallel cross-entropy 
 ``aclnnFusedLinearOnlineMaxSum`` (the matmul with, per row, the logits' max, the sum of
 ``exp(logit - max)`` and the target's ``logit - max``, without writing the ``[T, V]`` logits) and
 ``aclnnFusedCrossEntropyLossWithMaxSum`` (the loss from those), supported on Atlas A2 (910B) and A3
-(CANN docs, ``ops-nn/matmul/fused_linear_online_max_sum``). torch_npu exposes the first through
-op-plugin (``Ascend/op-plugin`` PR #3110, 2025-09:
-``fused_linear_online_max_sum(input, weight, target, vocab_start_index, vocab_end_index,
-return_logits=False) -> (logits_max, sum_exp_logits, predicted_logits, target_mask, masked_target,
-vocab_parallel_logits)``), as ``torch_npu.npu_fused_linear_online_max_sum`` in later op-plugin
-sources; both spellings are looked up.
+(CANN docs, ``ops-nn/matmul/fused_linear_online_max_sum``). torch_npu exposes them, as
+``torch_npu.<name>`` (a copy of ``torch.ops.npu.<name>``), since its v7.2 line (op-plugin PR !3110,
+2025-09), under names that changed between releases: ``npu_fused_linear_online_max_sum`` in
+v7.2.0 (torch_npu 2.7.1 / 2.8.0) and in v26.2 and later, ``fused_linear_online_max_sum`` in v7.3
+and v26.0-26.1 (torch_npu 2.9.0, 2.10.0 up to .post4); both are looked up, the ``npu_`` one first,
+as verl's ``verl/utils/kernel/npu/cann_linear_ce.py`` does. Outputs, in order: ``logits_max``,
+``sum_exp_logits``, ``predicted_logits`` (fp32 ``[N]``), the bit-packed target mask, the shifted
+target, and the logits when ``return_logits``.
+
+``vocab_end_index`` is exclusive: the kernel masks ``target < start or target >= end`` (ops-nn's
+``TargetInnerProcess`` and its aclnn golden test; the documentation's ``target > end`` is wrong),
+so one unsplit vocabulary of V rows is ``(0, V)``; ``V - 1`` would mask every target V - 1.
 
 What it gives the log-probs op (``kernels/logprobs.py``) for one token chunk at temperature T::
 
-    logits_max, sum_exp, predicted, ... = op(h / T, W, y, 0, V - 1)
+    logits_max, sum_exp, predicted, ... = op(h / T, W, y, 0, V)
     log p(y) = predicted - log(sum_exp)          lse = logits_max + log(sum_exp)
 
 Its limits decide when it is used: bf16 / fp16 inputs only (fp32 runs the Triton or PyTorch
@@ -47,7 +53,7 @@ def find_online_max_sum(module: Any = None) -> tuple[Callable | None, str]:
         op = getattr(module, name, None)
         if callable(op):
             return op, f"torch_npu.{name}"
-    return None, f"torch_npu {getattr(module, '__version__', '?')} has no {' or '.join(OP_NAMES)} (op-plugin before 2025-09)"
+    return None, f"torch_npu {getattr(module, '__version__', '?')} has no {' or '.join(OP_NAMES)} (torch_npu before its v7.2 line)"
 
 
 class CannLogprobs:
@@ -64,7 +70,7 @@ class CannLogprobs:
     def stats(self, h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, temperature: float) -> tuple[torch.Tensor, ...]:
         """(log-probs, lse, entropy placeholder) in fp32 for a chunk, as the tiles' ``stats`` returns them."""
         scaled = h if temperature == 1.0 else (h.float() / temperature).to(h.dtype)
-        logits_max, sum_exp, predicted = self.op(scaled, weight, y, 0, weight.shape[0] - 1, False)[:3]
+        logits_max, sum_exp, predicted = self.op(scaled, weight, y, 0, weight.shape[0], False)[:3]  # end exclusive
         log_sum = torch.log(sum_exp.float())
         self.calls += 1
         logp = predicted.float() - log_sum

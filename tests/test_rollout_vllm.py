@@ -116,18 +116,39 @@ def test_cuda_platform_takes_both_sleep_levels(level):
     assert p.engine_kwargs["enable_sleep_mode"] is True and p.engine_kwargs["gpu_memory_utilization"] == 0.4
 
 
-def test_npu_platform_sleeps_at_level_one_only():
-    p = vllm_platform("npu", rollout(sleep_level=1), environ={})
-    assert p.package == "vllm-ascend" and p.sleep_levels == (1,) and p.sleep_level == 1
-    with pytest.raises(UserError, match="sleep_level=2 is not supported by vllm-ascend"):
-        vllm_platform("npu", rollout(sleep_level=2), environ={})
+COMPILED = lambda module: module == "vllm_ascend.vllm_ascend_C"  # noqa: E731  (an install built from source)
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_npu_platform_sleeps_at_both_levels_with_nd_weights(level):
+    """vllm-ascend 0.23's NPUWorker sleeps at levels 1 and 2; wake-up and in-place reloads need the
+    weights in ND format, so weight_nz_mode=0 always goes to the engine."""
+    p = vllm_platform("npu", rollout(sleep_level=level), environ={}, has_module=COMPILED, dtype="bfloat16")
+    assert p.package == "vllm-ascend" and p.sleep_levels == (1, 2) and p.sleep_level == level
+    assert p.engine_kwargs["enable_sleep_mode"] is True
+    assert p.engine_kwargs["additional_config"] == {"weight_nz_mode": 0}
+    assert p.preserve_env == ("PYTORCH_NPU_ALLOC_CONF",)  # vllm-ascend rewrites it; the trainer shares the process
+    assert p.one_sleeping_engine  # CaMemAllocator: "Sleep mode can only be used for one instance per process"
+    awake = vllm_platform("npu", rollout(), environ={}, has_module=lambda m: False, dtype="bfloat16")
+    assert awake.engine_kwargs["additional_config"] == {"weight_nz_mode": 0} and "enable_sleep_mode" not in awake.engine_kwargs
+
+
+def test_npu_platform_refuses_what_vllm_ascend_cannot_do_in_rl():
+    with pytest.raises(UserError, match=r"^VLLM_ASCEND_ENABLE_NZ=1: the RL rollout needs vllm-ascend's weights in ND format"):
+        vllm_platform("npu", rollout(), environ={"VLLM_ASCEND_ENABLE_NZ": "1"}, has_module=COMPILED, dtype="bfloat16")
+    assert vllm_platform("npu", rollout(), environ={"VLLM_ASCEND_ENABLE_NZ": "0"}, dtype="bfloat16").sleep_level == 0
+    with pytest.raises(UserError, match=r"sleep_level=1 needs vllm-ascend's compiled extension \(vllm_ascend.vllm_ascend_C\)"):
+        vllm_platform("npu", rollout(sleep_level=1), environ={}, has_module=lambda m: False, dtype="bfloat16")
+    with pytest.raises(UserError, match=r"^model.dtype=float32: vllm-ascend's attention runs bfloat16 or float16"):
+        vllm_platform("npu", rollout(), environ={}, dtype="float32")
+    assert "additional_config" not in vllm_platform("cuda", rollout(), environ={}, dtype="float32").engine_kwargs
 
 
 def test_npu_sleep_with_expandable_segments_is_a_clear_error():
     env = {"PYTORCH_NPU_ALLOC_CONF": "max_split_size_mb:256,expandable_segments:True"}
     with pytest.raises(UserError, match="expandable_segments"):
-        vllm_platform("npu", rollout(sleep_level=1), environ=env)
-    assert vllm_platform("npu", rollout(sleep_level=0), environ=env).sleep_level == 0  # awake: allowed
+        vllm_platform("npu", rollout(sleep_level=1), environ=env, has_module=COMPILED, dtype="bfloat16")
+    assert vllm_platform("npu", rollout(sleep_level=0), environ=env, dtype="bfloat16").sleep_level == 0  # awake: allowed
 
 
 def test_several_ranks_use_the_external_launcher_and_tp_must_divide_them():
@@ -136,7 +157,7 @@ def test_several_ranks_use_the_external_launcher_and_tp_must_divide_them():
     assert p.engine_kwargs["tensor_parallel_size"] == 2
     assert "distributed_executor_backend" not in vllm_platform("cuda", rollout(), world_size=1, environ={}).engine_kwargs
     with pytest.raises(UserError, match="must divide the number of ranks"):
-        vllm_platform("npu", rollout(tensor_parallel_size=3), world_size=4, environ={})
+        vllm_platform("npu", rollout(tensor_parallel_size=3), world_size=4, environ={}, dtype="bfloat16")
 
 
 def test_engine_choice(monkeypatch):

@@ -96,10 +96,14 @@ def main(out_path: str) -> None:
     out["many_requests_prompt_tokens"] = engine.last_stats.prompt_tokens
 
     # stop strings: the text is cut before the stop string, the tokens that completed it are kept
-    stop_text = v[0].text[5:8] if len(v[0].text) >= 8 else None
-    if stop_text and stop_text.strip():
-        stopped = engine.generate([prompts[0]], SamplingParams(n=1, temperature=0.0, max_new_tokens=MAX_NEW, stop=[stop_text]))[0]
-        hf_stopped = hf.generate([prompts[0]], SamplingParams(n=1, temperature=0.0, max_new_tokens=MAX_NEW, stop=[stop_text]))[0]
+    # (the stop string: three characters from inside the first greedy response long enough to hold
+    # a non-blank window after its first few characters; which one depends on the base model)
+    window = next(((i, t.text[k : k + 3]) for i, t in enumerate(v) for k in range(2, max(2, len(t.text) - 3))
+                   if t.text[k : k + 3].strip()), None)
+    if window is not None:
+        index, stop_text = window
+        stopped = engine.generate([prompts[index]], SamplingParams(n=1, temperature=0.0, max_new_tokens=MAX_NEW, stop=[stop_text]))[0]
+        hf_stopped = hf.generate([prompts[index]], SamplingParams(n=1, temperature=0.0, max_new_tokens=MAX_NEW, stop=[stop_text]))[0]
         out["stop"] = {"stop": stop_text, "text": stopped.text, "hf_text": hf_stopped.text, "finish": stopped.finish_reason,
                        "ids": stopped.response_ids, "hf_ids": hf_stopped.response_ids}
 

@@ -11,9 +11,16 @@ decided here from the backend's name and the ``rl.rollout`` settings:
   trainer shares the process (``VLLM_CPU_OMP_THREADS_BIND=nobind``); sleep mode does not exist.
 * **cuda** (vllm): ``gpu_memory_utilization`` of the device the rank trains on; sleep levels 1
   (weights to host memory, KV cache freed) and 2 (both freed; the next sync reloads every weight).
-* **npu** (vllm-ascend): as CUDA, but sleep level 1 only, the engine must be woken before weights are
-  loaded into it, and sleep mode does not work with ``PYTORCH_NPU_ALLOC_CONF=expandable_segments:True``
-  (its allocator cannot unmap expandable segments), which is checked up front.
+* **npu** (vllm-ascend 0.23): as CUDA (sleep levels 1 and 2: ``NPUWorker.sleep`` / ``wake_up``), with
+  what vllm-ascend's RL path requires (read in vllm-ascend v0.23.0 and verl's NPU rollout):
+  weights in ND format (``additional_config={"weight_nz_mode": 0}``: with the default FRACTAL_NZ
+  format ``NPUWorker.wake_up`` refuses and in-place weight reloads lose precision, so a
+  ``VLLM_ASCEND_ENABLE_NZ`` other than 0 is an error); the engine woken before weights are loaded
+  into it; sleep mode without ``PYTORCH_NPU_ALLOC_CONF=expandable_segments:True`` (its ``CaMemAllocator``
+  asserts on it) and only with vllm-ascend's compiled extension (``vllm_ascend.vllm_ascend_C``; a
+  pip wheel without it silently disables sleep mode), both checked up front; bf16 / fp16 only (its
+  attention backend takes no fp32); ``PYTORCH_NPU_ALLOC_CONF``, which vllm-ascend rewrites when sleep
+  mode is off, restored after the engine starts (``preserve_env``), since the trainer shares the process.
 
 Several data-parallel ranks in one job each colocate an engine on their own device; vLLM then runs
 with ``distributed_executor_backend="external_launcher"`` (the launcher that started the trainer
@@ -23,7 +30,7 @@ owns the processes), with ``tensor_parallel_size`` ranks sharing one engine.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +38,8 @@ from npu_retu.errors import UserError
 
 # the distribution that provides vLLM's platform on each backend (for messages and the doctor)
 VLLM_PACKAGES = {"cpu": "vllm-cpu", "cuda": "vllm", "npu": "vllm-ascend"}
-SLEEP_LEVELS = {"cpu": (), "cuda": (1, 2), "npu": (1,)}
+SLEEP_LEVELS = {"cpu": (), "cuda": (1, 2), "npu": (1, 2)}
+NPU_SLEEP_EXTENSION = "vllm_ascend.vllm_ascend_C"  # vllm-ascend's compiled allocator hooks (sleep mode)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,8 @@ class VLLMPlatform:
     sleep_levels: tuple[int, ...] = ()
     sleep_level: int = 0
     note: str | None = None
+    preserve_env: tuple[str, ...] = ()  # variables the engine's start may rewrite: restored after it
+    one_sleeping_engine: bool = False  # the platform's sleep mode allows one engine per process
 
 
 def vllm_platform(
@@ -60,11 +70,16 @@ def vllm_platform(
     *,
     world_size: int = 1,
     environ: Mapping[str, str] | None = None,
+    dtype: str | None = None,
+    has_module: Callable[[str], bool] | None = None,
 ) -> VLLMPlatform:
     """The :class:`VLLMPlatform` for ``backend_name`` ("cpu" / "cuda" / "npu") and the ``rl.rollout``
     section ``rollout`` (its ``gpu_memory_utilization``, ``tensor_parallel_size``, ``cpu_kv_cache_gb``,
-    ``enforce_eager`` and ``sleep_level``); a one-line UserError for a setting the platform cannot take."""
+    ``enforce_eager`` and ``sleep_level``) and the engine's ``dtype``; a one-line UserError for a
+    setting the platform cannot take. ``environ`` and ``has_module`` (whether a module can be
+    imported) default to this process's; tests inject them."""
     environ = os.environ if environ is None else environ
+    has_module = _importable if has_module is None else has_module
     if backend_name not in VLLM_PACKAGES:
         raise UserError(f"the vLLM rollout engine runs on cpu, cuda or npu, not {backend_name!r}")
     tp = int(rollout.tensor_parallel_size)
@@ -98,9 +113,35 @@ def vllm_platform(
                 "rl.rollout.sleep_level>0 does not work with PYTORCH_NPU_ALLOC_CONF=expandable_segments:True "
                 "(vllm-ascend's sleep mode cannot release expandable segments): unset it or set rl.rollout.sleep_level=0"
             )
+        if level and backend_name == "npu" and not has_module(NPU_SLEEP_EXTENSION):
+            raise UserError(
+                f"rl.rollout.sleep_level={level} needs vllm-ascend's compiled extension ({NPU_SLEEP_EXTENSION}), which this "
+                "install lacks (vllm-ascend then turns sleep mode off): build vllm-ascend from source, or set rl.rollout.sleep_level=0"
+            )
         if level:
             kwargs["enable_sleep_mode"] = True
+    preserve: tuple[str, ...] = ()
+    if backend_name == "npu":
+        if environ.get("VLLM_ASCEND_ENABLE_NZ", "0").strip() not in ("", "0"):
+            raise UserError(
+                f"VLLM_ASCEND_ENABLE_NZ={environ['VLLM_ASCEND_ENABLE_NZ']}: the RL rollout needs vllm-ascend's weights in ND "
+                "format (FRACTAL_NZ breaks wake-up and in-place weight syncs); unset it or set it to 0"
+            )
+        kwargs["additional_config"] = {"weight_nz_mode": 0}
+        if dtype == "float32":
+            raise UserError("model.dtype=float32: vllm-ascend's attention runs bfloat16 or float16; set model.dtype=bfloat16 "
+                            "(or rl.rollout.engine=transformers)")
+        preserve = ("PYTORCH_NPU_ALLOC_CONF",)
     return VLLMPlatform(
         backend=backend_name, package=VLLM_PACKAGES[backend_name], engine_kwargs=kwargs, env=env, sleep_levels=levels,
-        sleep_level=level, note=note,
+        sleep_level=level, note=note, preserve_env=preserve, one_sleeping_engine=backend_name == "npu",
     )
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # the parent package is missing
+        return False

@@ -48,7 +48,7 @@ def build_rollout(
         return TransformersRollout(model, tokenizer, batch_size=rollout_cfg.batch_size), "transformers"
     from npu_retu.rollout.vllm import VLLMRollout
 
-    platform = vllm_platform(backend_name, rollout_cfg, world_size=world_size)
+    platform = vllm_platform(backend_name, rollout_cfg, world_size=world_size, dtype=dtype)
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit:  # vLLM refuses a length past the model's positions; a response reaching it ends as "length"
         max_model_len = min(max_model_len, int(limit))

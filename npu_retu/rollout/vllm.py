@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from npu_retu.device.vllm_platform import VLLMPlatform
+from npu_retu.errors import UserError
 from npu_retu.rollout.base import GenerationStats, SamplingParams, Trajectory
 
 EXTENSION = "npu_retu.rollout.vllm_worker.WeightSyncExtension"
@@ -70,6 +71,8 @@ class VLLMRollout:
     config (else the tokenizer's eos), as in the transformers engine.
     """
 
+    _sleeping_engines = 0  # sleep-mode engines started in this process (some platforms allow one)
+
     def __init__(
         self,
         model_path: str,
@@ -94,12 +97,24 @@ class VLLMRollout:
         self.supports_sleep = platform.sleep_level > 0
         self.asleep = False
         self.last_stats: GenerationStats | None = None
+        if self.supports_sleep and platform.one_sleeping_engine and VLLMRollout._sleeping_engines:
+            raise UserError(f"{platform.package}'s sleep mode allows one engine per process, and one is already running here")
         started = time.perf_counter()
-        self.llm = LLM(
-            model=str(model_path), tokenizer=str(model_path), dtype=dtype, seed=seed, max_model_len=max_model_len,
-            logprobs_mode="processed_logprobs", worker_extension_cls=EXTENSION, trust_remote_code=False,
-            **platform.engine_kwargs,
-        )
+        saved = {key: os.environ.get(key) for key in platform.preserve_env}
+        try:
+            self.llm = LLM(
+                model=str(model_path), tokenizer=str(model_path), dtype=dtype, seed=seed, max_model_len=max_model_len,
+                logprobs_mode="processed_logprobs", worker_extension_cls=EXTENSION, trust_remote_code=False,
+                **platform.engine_kwargs,
+            )
+        finally:  # vllm-ascend rewrites PYTORCH_NPU_ALLOC_CONF for itself; the trainer shares this process
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        if self.supports_sleep:
+            VLLMRollout._sleeping_engines += 1
         self.start_seconds = time.perf_counter() - started
         self.eos_token_ids = list(eos_token_ids) if eos_token_ids is not None else _eos_ids(model_path, tokenizer)
         if not self.eos_token_ids:
@@ -147,9 +162,13 @@ class VLLMRollout:
     def sync_weights(self, model_or_state_dict: Any) -> None:
         """Sample from the trainer's weights from now on (a module or a state dict), copied in place
         bucket by bucket; a sleeping engine is woken first, on every platform (vllm-ascend can load
-        weights only into an awake engine; the others do not mind)."""
+        weights only into an awake engine; the others do not mind): its weights, then after the load
+        its KV cache, as vLLM's and vllm-ascend's RL examples do (at level 2 the KV cache is not
+        allocated while the weights arrive)."""
+        kv_cache_asleep = self.asleep
         if self.asleep:
-            self.wake()
+            self.llm.wake_up(tags=["weights"])
+            self.asleep = False
         state = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, torch.nn.Module) else model_or_state_dict
         from safetensors.torch import save
 
@@ -157,6 +176,8 @@ class VLLMRollout:
         for bucket in weight_buckets(state, self.bucket_bytes):
             self.llm.collective_rpc("load_weight_bucket", args=(save(bucket),))
         self.llm.collective_rpc("finish_weight_sync")
+        if kv_cache_asleep:
+            self.llm.wake_up(tags=["kv_cache"])
         self.llm.reset_prefix_cache()  # its KV was computed with the old weights
 
     def sleep(self) -> None:

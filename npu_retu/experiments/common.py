@@ -237,8 +237,9 @@ def _recorded_rl_settings(folder: Path, done: dict[str, Any]) -> dict[str, Any]:
 
 
 def command_line() -> str:
-    """The command that is running, as a user would type it."""
-    args = [Path(sys.argv[0]).name] + sys.argv[1:]
+    """The command that is running, as a user would type it (``python -m npu_retu`` is ``npu-retu``)."""
+    program = Path(sys.argv[0]).name
+    args = ["npu-retu" if program in ("__main__.py", "npu_retu") else program] + sys.argv[1:]
     return " ".join(shlex.quote(a) for a in args)
 
 

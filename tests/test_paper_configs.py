@@ -123,6 +123,8 @@ def test_rl_configs_carry_appendix_b22(path):
     assert (rl.rollout.temperature, rl.rollout.top_p) == (0.7, 1.0)
     assert rl.rollout.engine == "auto"  # vLLM / vllm-ascend where installed (README, "Rollout engines")
     assert (cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_new_tokens) == (0.7, 1.0, 0)  # 0 = 8192
+    # the paper's benchmarks through the shipped suite, each with its own loader (avg@16 on AIME24/25)
+    assert (cfg.eval.suite, cfg.eval.suite_data_dir, cfg.eval.files) == ("retu_math", "/path/to/RETU-benchmarks", [])
     assert (cfg.engine.name, cfg.engine.zero_stage, cfg.engine.precision) == ("deepspeed", 2, "bf16")
     assert cfg.cluster.launcher == "ray"
     if "_ascend" in path.name:

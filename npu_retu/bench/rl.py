@@ -34,7 +34,7 @@ def bench_rl(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="npu-retu-bench-rl-") as tmp:
         overrides = list(args.overrides) + [
             f"run.output_dir={tmp}", "run.name=bench", "run.progress=false", f"rl.max_steps={args.warmup + args.steps}",
-            "rl.eval_every=0", "rl.eval_at_start=false", "eval.files=[]", f"rl.save_every={10**9}",
+            "rl.eval_every=0", "rl.eval_at_start=false", "eval.files=[]", "eval.suite=", f"rl.save_every={10**9}",
         ]
         if args.model:
             overrides.append(f"model.path={args.model}")

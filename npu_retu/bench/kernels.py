@@ -55,17 +55,9 @@ def logprob_functions(backend) -> dict[str, Callable | str]:
 
     import torch
 
-    from npu_retu.kernels import fused_linear_logprobs, implementation_status, plain_linear_logprobs
+    from npu_retu.kernels import fused_linear_logprobs, plain_linear_logprobs
 
-    fns: dict[str, Callable | str] = {}
-    status = implementation_status()
-    for impl in ("reference", "triton", "ascend"):
-        if impl != "reference" and not backend.is_accelerator:
-            fns[f"fused-{impl}"] = "no accelerator (the Triton interpreter is a correctness tool, not a speed one)"
-        elif status[impl] is None or (impl == "ascend" and backend.kernel_impl == "ascend"):
-            fns[f"fused-{impl}"] = lambda h, w, y, impl=impl: fused_linear_logprobs(h, w, y, impl=impl)[0]
-        else:
-            fns[f"fused-{impl}"] = status[impl]
+    fns = _fused(backend, lambda impl: lambda h, w, y: fused_linear_logprobs(h, w, y, impl=impl)[0])
     fns["plain"] = lambda h, w, y: plain_linear_logprobs(h, w, y)[0]
     try:
         compiled = torch.compile(lambda h, w, y: plain_linear_logprobs(h, w, y)[0])
@@ -74,6 +66,22 @@ def logprob_functions(backend) -> dict[str, Callable | str]:
         fns["plain-compiled"] = f"torch.compile unavailable: {e}"
     fns["liger"] = _liger_logprobs if liger_triton_reason(backend) is None else liger_triton_reason(backend)
     fns["cut-cross-entropy"] = _cce_logprobs if cce_reason(backend) is None else cce_reason(backend)
+    return fns
+
+
+def _fused(backend, make: Callable[[str], Callable]) -> dict[str, Callable | str]:
+    """``fused-<impl>`` -> ``make(impl)`` for each kernel implementation that runs here, else why not."""
+    from npu_retu.kernels import implementation_status
+
+    fns: dict[str, Callable | str] = {}
+    status = implementation_status()
+    for impl in ("reference", "triton", "ascend"):
+        if impl != "reference" and not backend.is_accelerator:
+            fns[f"fused-{impl}"] = "no accelerator (the Triton interpreter is a correctness tool, not a speed one)"
+        elif status[impl] is None or (impl == "ascend" and backend.kernel_impl == "ascend"):
+            fns[f"fused-{impl}"] = make(impl)
+        else:
+            fns[f"fused-{impl}"] = status[impl]
     return fns
 
 
@@ -114,21 +122,13 @@ def policy_loss_functions(backend) -> dict[str, Callable | str]:
     import torch
 
     from npu_retu.algos.policy_loss import clipped_policy_loss as plain_loss
-    from npu_retu.kernels import fused_linear_policy_loss, implementation_status, plain_linear_logprobs
+    from npu_retu.kernels import fused_linear_policy_loss, plain_linear_logprobs
 
     def plain(h, w, y, old, adv, mask):
         logp = plain_linear_logprobs(h, w, y)[0]
         return plain_loss(logp, old, adv, mask, **CLIP)[0]
 
-    fns: dict[str, Callable | str] = {}
-    status = implementation_status()
-    for impl in ("reference", "triton", "ascend"):
-        if impl != "reference" and not backend.is_accelerator:
-            fns[f"fused-{impl}"] = "no accelerator (the Triton interpreter is a correctness tool, not a speed one)"
-        elif status[impl] is None or (impl == "ascend" and backend.kernel_impl == "ascend"):
-            fns[f"fused-{impl}"] = lambda h, w, y, old, adv, m, impl=impl: fused_linear_policy_loss(h, w, y, old, adv, m, impl=impl, **CLIP)[0]
-        else:
-            fns[f"fused-{impl}"] = status[impl]
+    fns = _fused(backend, lambda impl: lambda h, w, y, old, adv, m: fused_linear_policy_loss(h, w, y, old, adv, m, impl=impl, **CLIP)[0])
     fns["plain"] = plain
     try:
         fns["plain-compiled"] = torch.compile(plain)

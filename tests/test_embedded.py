@@ -357,6 +357,17 @@ def test_worked_pretraining_text_and_base_are_named_variants_beside_the_default(
         embedded.resolve("embedded:base-worked-0")
 
 
+def test_a_version_is_loadable_by_name_and_an_unknown_one_is_a_clear_error(cache):
+    # the current version under its own name is the same cache entry as the bare name
+    bare = embedded.resolve("embedded:pretrain-text")
+    assert embedded.resolve(f"embedded:v{embedded.EMBEDDED_VERSION}/pretrain-text") == bare
+    assert bare.parent == embedded.cache_root(embedded.EMBEDDED_VERSION)
+    assert embedded.split_version("v4/sft-uniform-2k") == (4, "sft-uniform-2k")
+    assert embedded.split_version("sft-uniform-2k") == (embedded.EMBEDDED_VERSION, "sft-uniform-2k")
+    with pytest.raises(UserError, match="no embedded default v3; the versions are v4"):
+        embedded.resolve("embedded:v3/base")
+
+
 # --------------------------------------------------------------------------------------------
 # the resolver's atomicity
 

@@ -114,3 +114,19 @@ def test_eval_command_rejects_k_above_the_samples(capsys):
 
     assert main(["eval", "--model", "embedded:base", "--data", "embedded:rl-test", "-n", "2", "--k", "4"]) == 2
     assert "--k values must be in 1..2" in capsys.readouterr().err
+
+
+def test_the_report_says_what_the_monitors_stop_left_unspent():
+    from types import SimpleNamespace
+
+    from npu_retu.report.pipeline_report import _switch_lines
+
+    cfg = SimpleNamespace(sft=SimpleNamespace(max_steps=400), monitor=SimpleNamespace(stop_on_decision=True))
+    decision = {"action": "switch", "step": 100, "phase": "stable", "checkpoint_step": 80, "reason": "Stable for 3 points"}
+    text = "\n".join(_switch_lines(cfg, {"steps": 100, "flops": 2e12}, decision))
+    # 300 unspent steps at 2e12 / 100 FLOPs each
+    assert "decided to switch at step 100 (stable)" in text and "100 of 400 steps" in text
+    assert "about 6e+12 FLOPs, 75 % of the budget's SFT compute" in text
+    cfg.monitor.stop_on_decision = False  # trained the whole budget: nothing to claim
+    assert "not spent" not in "\n".join(_switch_lines(cfg, {"steps": 400, "flops": 8e12}, decision))
+    assert "no switch decision within the 400-step budget" in _switch_lines(cfg, {"steps": 400, "flops": 8e12}, None)[1]

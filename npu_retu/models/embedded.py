@@ -44,9 +44,14 @@ from npu_retu.errors import UserError
 if TYPE_CHECKING:  # heavy imports stay out of `npu-retu --help`
     from transformers import PreTrainedTokenizerFast, Qwen2Config
 
-# Bump when the generator, the tokenizer or the model recipe changes: old caches are then ignored.
+# Bump when the generator, the tokenizer or the model recipe changes: a new version caches apart.
 EMBEDDED_VERSION = 4
 PREFIX = "embedded:"
+# Per version still loadable by name (``embedded:v4/base``, for reproducing an old report once a new
+# version is the default): the percentage of its base model's pretraining problems that carry a
+# textbook worked solution instead of a bare answer. v5 (issue 18) is being calibrated with the
+# ``base-worked-<P>`` variants; docs/embedded-default.md has the figures so far.
+WORKED_PERCENT = {4: 0}
 
 # Each data set draws from its own seed, so adding one never changes another.
 SEEDS = {
@@ -421,13 +426,14 @@ def _build_tokenizer(out: Path) -> None:
     build_tokenizer(out, _tokenizer_corpus())
 
 
-def _build_pretrain_text(out: Path, worked_share: float = 0.0) -> None:
+def _build_pretrain_text(out: Path, worked_share: float, version: int) -> None:
     """The base model's pretraining documents; ``worked_share`` of the problems get a textbook
-    worked solution instead of a bare answer (``embedded:pretrain-text-worked-<percent>``, the v5
-    calibration of issue 18; 0 is the v4 default, unchanged: the share draws from its own RNG)."""
+    worked solution instead of a bare answer (``WORKED_PERCENT`` per version, or a calibration
+    variant ``embedded:pretrain-text-worked-<percent>``). With 0 it is v4's text, byte for byte
+    (whether a problem is worked draws from its own RNG)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve("embedded:tokenizer"), trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(resolve(f"{PREFIX}v{version}/tokenizer"), trust_remote_code=False)
     seed = SEEDS["pretrain"]
     problems = synthetic.generate_problems(PRETRAIN_DOCS, "uniform", seed, exclude=held_out_keys())
     drills = synthetic.generate_problems(PRETRAIN_DOCS, "uniform", SEEDS["pretrain-drills"], exclude=held_out_keys())
@@ -460,24 +466,38 @@ def base_pretrain_steps() -> int:
     return int(raw)
 
 
-def _build_base(out: Path) -> None:
-    pretrain_base(out, steps=base_pretrain_steps(), seed=SEEDS["base-model"])
+def _build_base(out: Path, pretrain_text: str, version: int) -> None:
+    """A base model of ``version``'s recipe on the pretraining text named ``pretrain_text``."""
+    from transformers import AutoTokenizer
 
-
-def _build_worked_base(percent: int, out: Path) -> None:
-    """``embedded:base-worked-<percent>``: the base recipe on ``pretrain-text-worked-<percent>``."""
-    texts = read_pretrain_texts(resolve(f"embedded:pretrain-text-worked-{percent}"))
-    pretrain_base(out, steps=base_pretrain_steps(), seed=SEEDS["base-model"], texts=texts)
+    tokenizer = AutoTokenizer.from_pretrained(resolve(f"{PREFIX}v{version}/tokenizer"), trust_remote_code=False)
+    texts = read_pretrain_texts(resolve(f"{PREFIX}v{version}/{pretrain_text}"))
+    pretrain_base(out, steps=base_pretrain_steps(), seed=SEEDS["base-model"], tokenizer=tokenizer, texts=texts)
 
 
 # --------------------------------------------------------------------------------------------
 # the resolver
 
 
-def cache_root() -> Path:
-    """``$NPU_RETU_CACHE`` (default ``~/.cache/npu-retu``)/embedded-v{EMBEDDED_VERSION}."""
+def cache_root(version: int = EMBEDDED_VERSION) -> Path:
+    """``$NPU_RETU_CACHE`` (default ``~/.cache/npu-retu``)/embedded-v{version}."""
     base = os.environ.get("NPU_RETU_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "npu-retu")
-    return Path(base) / f"embedded-v{EMBEDDED_VERSION}"
+    return Path(base) / f"embedded-v{version}"
+
+
+_VERSIONED = re.compile(r"v(\d+)/(.+)")
+
+
+def split_version(name: str) -> tuple[int, str]:
+    """``v4/base`` -> (4, ``base``); a name without a version is the current one's."""
+    match = _VERSIONED.fullmatch(name)
+    if match is None:
+        return EMBEDDED_VERSION, name
+    version = int(match.group(1))
+    if version not in WORKED_PERCENT:
+        known = ", ".join(f"v{v}" for v in sorted(WORKED_PERCENT))
+        raise UserError(f"{PREFIX + name}: no embedded default v{version}; the versions are {known}")
+    return version, match.group(2)
 
 
 def is_embedded(path_str: str | os.PathLike) -> bool:
@@ -485,28 +505,28 @@ def is_embedded(path_str: str | os.PathLike) -> bool:
     return isinstance(path_str, str) and path_str.startswith(PREFIX)
 
 
-def _artifact(name: str) -> tuple[str, Callable[[Path], None]]:
-    """(file or folder name in the cache, builder) for an embedded name without the prefix."""
+def _artifact(name: str, version: int = EMBEDDED_VERSION) -> tuple[str, Callable[[Path], None]]:
+    """(file or folder name in the cache, builder) for an embedded name without prefix or version."""
+    steps_suffix = "" if base_pretrain_steps() == PRETRAIN_STEPS else f"-{base_pretrain_steps()}steps"
+    share = WORKED_PERCENT[version] / 100
     fixed: dict[str, tuple[str, Callable[[Path], None]]] = {
-        "base": ("base" if base_pretrain_steps() == PRETRAIN_STEPS else f"base-{base_pretrain_steps()}steps", _build_base),
+        "base": ("base" + steps_suffix, lambda out: _build_base(out, "pretrain-text", version)),
         "tokenizer": ("tokenizer", _build_tokenizer),
         "sft-val": ("sft-val.jsonl", _build_sft_val),
         "rl-train": ("rl-train.jsonl", _build_rl_train),
         "rl-test": ("rl-test.jsonl", _build_rl_test),
-        "pretrain-text": ("pretrain-text.jsonl", _build_pretrain_text),
+        "pretrain-text": ("pretrain-text.jsonl", lambda out: _build_pretrain_text(out, share, version)),
     }
     if name in fixed:
         return fixed[name]
     match = _WORKED_NAME.fullmatch(name)
-    if match is not None:  # the v5 calibration's variants (issue 18), beside the v4 artifacts
+    if match is not None:  # calibration variants (issue 18): another worked share on the same recipe
         kind, percent = match.group(1), int(match.group(2))
         if not 0 < percent <= 100:
             raise UserError(f"{PREFIX + name}: the worked share is a percentage in 1..100, got {percent}")
         if kind == "pretrain-text":
-            return f"pretrain-text-worked-{percent}.jsonl", lambda out: _build_pretrain_text(out, percent / 100)
-        steps = base_pretrain_steps()
-        folder = f"base-worked-{percent}" + ("" if steps == PRETRAIN_STEPS else f"-{steps}steps")
-        return folder, lambda out: _build_worked_base(percent, out)
+            return f"pretrain-text-worked-{percent}.jsonl", lambda out: _build_pretrain_text(out, percent / 100, version)
+        return f"base-worked-{percent}" + steps_suffix, lambda out: _build_base(out, f"pretrain-text-worked-{percent}", version)
     match = _SFT_NAME.fullmatch(name)
     if match is not None:
         size = parse_size(match.group(2))
@@ -527,7 +547,8 @@ def _artifact(name: str) -> tuple[str, Callable[[Path], None]]:
         + ", ".join(PREFIX + n for n in FIXED_NAMES)
         + f", {PREFIX}sft-{{easy|uniform|hard}}-{{N}}, {PREFIX}rl-{{easy|uniform|hard}}-{{N}}, "
         + f"{PREFIX}mix-{{easy|uniform|hard}}-{{N}} (N like 1k, 2k, 10k, 100k or a plain integer), "
-        + f"{PREFIX}base-worked-{{P}} / {PREFIX}pretrain-text-worked-{{P}} (P % of the pretraining problems worked)"
+        + f"{PREFIX}base-worked-{{P}} / {PREFIX}pretrain-text-worked-{{P}} (P % of the pretraining problems worked); "
+        + f"an older version's as {PREFIX}v4/<name>"
     )
 
 
@@ -550,8 +571,9 @@ def resolve(name: str) -> Path:
     concurrent caller waits and then reuses it; a build that fails leaves nothing behind.
     """
     bare = name[len(PREFIX) :] if is_embedded(name) else name
-    filename, build = _artifact(bare)
-    root = cache_root()
+    version, bare = split_version(bare)
+    filename, build = _artifact(bare, version)
+    root = cache_root(version)
     final = root / filename
     if final.exists():
         return final

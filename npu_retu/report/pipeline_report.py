@@ -25,6 +25,7 @@ def write_report(root: Path, cfg, sft_done: dict[str, Any], rl, comparison: dict
             saved["steps"], saved["flops"], saved["losses"], saved["has_checkpoint"],
             delta=saved["delta"], delta2=saved["delta2"], pick=saved["pick_mode"],
         )
+        lines += _switch_lines(cfg, sft_done, saved.get("first_online_decision"))
         lines += ["", "```", format_phase_table(report), "```", "", "![validation loss](sft/phases.png)"]
     lines += ["", f"## RL ({cfg.rl.algorithm}) from the picked checkpoint", ""]
     lines.append(f"RL compute: {rl.flops:.4g} FLOPs over {rl.steps} steps (Appendix C, Eq. 22).")
@@ -56,6 +57,24 @@ def write_report(root: Path, cfg, sft_done: dict[str, Any], rl, comparison: dict
     except Exception as exc:  # a plot must never lose a finished run
         lines += ["", f"(could not draw rl_curve.png: {exc})"]
     return write_text_atomic(root / "report.md", "\n".join(lines) + "\n")
+
+
+def _switch_lines(cfg, sft_done: dict[str, Any], decision: dict[str, Any] | None) -> list[str]:
+    """What the online monitor decided, and the SFT compute its stop left unspent (Section 4's point:
+    switch at the Stable / Mild sub-phase instead of training the whole budget)."""
+    if decision is None:
+        return ["", f"The online monitor made no switch decision within the {cfg.sft.max_steps}-step budget."]
+    lines = ["", f"The online monitor decided to {decision['action']} at step {decision['step']} "
+                 f"({decision['phase']}): {decision['reason']}"]
+    steps, budget = int(sft_done["steps"]), int(cfg.sft.max_steps)
+    if cfg.monitor.stop_on_decision and 0 < steps < budget:
+        unspent = (budget - steps) * float(sft_done["flops"]) / steps
+        lines.append(
+            f"SFT stopped there (monitor.stop_on_decision): {steps} of {budget} steps, so about {unspent:.4g} FLOPs, "
+            f"{100 * (budget - steps) / budget:.0f} % of the budget's SFT compute, were not spent "
+            "(at this run's mean FLOPs per step). The labels below are the offline labels of the points seen so far."
+        )
+    return lines
 
 
 def _z_text(z: float | None) -> str:

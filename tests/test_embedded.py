@@ -345,16 +345,62 @@ def test_textbook_solutions_work_the_chain_in_their_own_words():
             value = int(kept)
 
 
+def _worked_share(docs: list[dict]) -> float:
+    problems = [d for d in docs if "What" in d["text"] and "Answer" in d["text"] or "<|im_start|>" in d["text"]]
+    return sum("Solution. " in d["text"] for d in problems) / len(problems)
+
+
 def test_worked_pretraining_text_and_base_are_named_variants_beside_the_default(cache):
-    bare = _read_jsonl(embedded.resolve("embedded:pretrain-text"))
+    bare = _read_jsonl(embedded.resolve("embedded:v4/pretrain-text"))
     worked = _read_jsonl(embedded.resolve("embedded:pretrain-text-worked-50"))
     assert len(worked) == len(bare) and not any("Solution. " in d["text"] for d in bare)
-    problems = [d for d in worked if "What" in d["text"] and "Answer" in d["text"] or "<|im_start|>" in d["text"]]
-    share = sum("Solution. " in d["text"] for d in problems) / len(problems)
-    assert 0.4 < share < 0.6  # half the problems, drawn by their own seed
+    assert 0.4 < _worked_share(worked) < 0.6  # half the problems, drawn by their own seed
     assert embedded._artifact("base-worked-50")[0] == "base-worked-50"  # this module's recipe is its full one
     with pytest.raises(UserError, match="the worked share is a percentage in 1..100, got 0"):
         embedded.resolve("embedded:base-worked-0")
+
+
+def test_a_worked_variant_can_cover_only_some_wordings(cache):
+    docs = _read_jsonl(embedded.resolve("embedded:pretrain-text-worked-100-wordings-2"))
+    starts = {0: "Start with ", 1: "Begin at ", 2: "Take the number ", 3: "A counter shows "}
+
+    def wording(text: str) -> int:  # the problem is the document's text or its chat user turn
+        body = text.split("<|im_start|>user\n", 1)[-1]
+        return next(w for w, start in starts.items() if body.startswith(start))
+
+    problems = [d["text"] for d in docs if "What" in d["text"] and ("Answer" in d["text"] or "<|im_start|>" in d["text"])]
+    by_wording = {w: [("Solution. " in t) for t in problems if wording(t) == w] for w in starts}
+    assert all(len(v) > 50 for v in by_wording.values())
+    assert all(by_wording[0]) and all(by_wording[1])  # P = 100 within the first two wordings
+    assert not any(by_wording[2]) and not any(by_wording[3])  # bare answers in the others
+    assert embedded._artifact("base-worked-100-wordings-2")[0] == "base-worked-100-wordings-2"
+    with pytest.raises(UserError, match=r"the worked wordings are a count in 1..3 \(of the task's 4\), got 4"):
+        embedded.resolve("embedded:base-worked-100-wordings-4")
+
+
+def test_the_default_pretraining_text_is_its_versions_worked_share(cache):
+    current = _read_jsonl(embedded.resolve("embedded:pretrain-text"))
+    share = embedded.WORKED_PERCENT[embedded.EMBEDDED_VERSION] / 100
+    assert abs(_worked_share(current) - share) < 0.06  # the test-sized 400 problems: s.e. of a share <= 2.5 %
+
+
+def test_calibration_bases_build_at_one_thread_and_the_default_at_its_versions_count(cache, monkeypatch):
+    import torch
+
+    seen = []
+    monkeypatch.setattr(embedded, "pretrain_base", lambda out, **kw: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(embedded, "read_pretrain_texts", lambda path: ["x"])
+    monkeypatch.setattr(embedded, "resolve", lambda name: Path(name))
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *a, **k: None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        embedded._artifact("base-worked-90")[1](cache / "out")
+        embedded._artifact("base", 4)[1](cache / "out")
+        assert seen == [embedded.CALIBRATION_THREADS, 2] == [1, 2]  # v4 keeps torch's count
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_version_is_loadable_by_name_and_an_unknown_one_is_a_clear_error(cache):

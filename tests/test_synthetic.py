@@ -363,3 +363,15 @@ def test_the_project_loaders_read_both_formats(tmp_path):
         assert [e.messages[1]["content"] for e in sft_examples] == [r["messages"][1]["content"] for r in sft]
         assert [e.ground_truth for e in rl_examples] == [[str(p.answer)] for p in problems]
         assert [e.prompt[0]["content"] for e in rl_examples] == [p.text for p in problems]
+
+
+def test_wording_of_names_each_problems_template():
+    problems = synthetic.generate_problems(200, "uniform", seed=5)
+    counts = [0] * synthetic.WORDINGS
+    for p in problems:
+        w = synthetic.wording_of(p)
+        assert p.text == synthetic.problem_text(p.start, p.ops, w)  # that template renders this very text
+        counts[w] += 1
+    assert min(counts) > 25  # each of the 4 wordings is drawn (expected 50 each)
+    with pytest.raises(ValueError, match="not a synthetic problem text"):
+        synthetic.wording_of(synthetic.Problem(start=1, ops=(), answer=1, steps=0, text="What is 1?"))

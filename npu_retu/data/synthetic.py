@@ -107,6 +107,17 @@ _PROBLEM_TEMPLATES = (
 )
 
 
+WORDINGS = len(_PROBLEM_TEMPLATES)
+
+
+def wording_of(problem: Problem) -> int:
+    """Which of the ``WORDINGS`` problem templates a problem's text uses (0-based)."""
+    for index, template in enumerate(_PROBLEM_TEMPLATES):
+        if problem.text.startswith(template.split("{s}")[0]):
+            return index
+    raise ValueError(f"not a synthetic problem text: {problem.text[:60]!r}")
+
+
 def _op_phrase(op: Op) -> str:
     name, a = op
     return {"add": f"add {a}", "sub": f"subtract {a}", "mul": f"multiply by {a}"}[name]

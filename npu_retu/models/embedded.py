@@ -52,6 +52,13 @@ PREFIX = "embedded:"
 # textbook worked solution instead of a bare answer. v5 (issue 18) is being calibrated with the
 # ``base-worked-<P>`` variants; docs/embedded-default.md has the figures so far.
 WORKED_PERCENT = {4: 0}
+# Torch threads of the base model's pretraining per version (None: torch's default, as v4 was
+# built). What the base learns depends on the run itself (docs/embedded-default.md, "Toward v5"), and
+# another thread count reorders the float sums, so the calibration variants pin one thread: each
+# ``base-worked-<P>`` is the same model on every machine with the same torch build and CPU instruction
+# set, whatever its core count. A model this small gains little from a second thread.
+BUILD_THREADS: dict[int, int | None] = {4: None}
+CALIBRATION_THREADS = 1
 
 # Each data set draws from its own seed, so adding one never changes another.
 SEEDS = {
@@ -362,7 +369,7 @@ def parse_size(text: str) -> int:
 _SFT_NAME = re.compile(r"sft-(easy|uniform|hard)-(\w+)")
 _RL_NAME = re.compile(r"rl-(easy|uniform|hard)-(\w+)")
 _MIX_NAME = re.compile(r"mix-(easy|uniform|hard)-(\w+)")
-_WORKED_NAME = re.compile(r"(base|pretrain-text)-worked-(\d+)")
+_WORKED_NAME = re.compile(r"(base|pretrain-text)-worked-(\d+)(?:-wordings-(\d+))?")
 FIXED_NAMES = ("base", "tokenizer", "sft-val", "rl-train", "rl-test", "pretrain-text")
 
 
@@ -426,11 +433,13 @@ def _build_tokenizer(out: Path) -> None:
     build_tokenizer(out, _tokenizer_corpus())
 
 
-def _build_pretrain_text(out: Path, worked_share: float, version: int) -> None:
+def _build_pretrain_text(out: Path, worked_share: float, version: int, wordings: int | None = None) -> None:
     """The base model's pretraining documents; ``worked_share`` of the problems get a textbook
     worked solution instead of a bare answer (``WORKED_PERCENT`` per version, or a calibration
     variant ``embedded:pretrain-text-worked-<percent>``). With 0 it is v4's text, byte for byte
-    (whether a problem is worked draws from its own RNG)."""
+    (whether a problem is worked draws from its own RNG). ``wordings``: only problems in the first
+    that many of the ``synthetic.WORDINGS`` problem wordings can be worked (``...-wordings-<W>``),
+    the rest keep bare answers, so the base has seen worked solutions for part of the task only."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(f"{PREFIX}v{version}/tokenizer"), trust_remote_code=False)
@@ -446,6 +455,8 @@ def _build_pretrain_text(out: Path, worked_share: float, version: int) -> None:
     # context and copy what follows, which reading a problem needs
     for p, drill in zip(problems, drills):
         worked = worked_share > 0 and worked_rng.random() < worked_share
+        if wordings is not None:
+            worked = worked and synthetic.wording_of(p) < wordings
         docs.append({"text": synthetic.pretrain_text(p, rng, render, worked=worked)})
         if rng.random() < PRACTICE_SHARE:
             docs.append({"text": synthetic.practice_text(rng)})
@@ -466,13 +477,29 @@ def base_pretrain_steps() -> int:
     return int(raw)
 
 
-def _build_base(out: Path, pretrain_text: str, version: int) -> None:
-    """A base model of ``version``'s recipe on the pretraining text named ``pretrain_text``."""
+def _build_base(out: Path, pretrain_text: str, version: int, threads: int | None) -> None:
+    """A base model of ``version``'s recipe on the pretraining text named ``pretrain_text``, trained at
+    ``threads`` torch threads (None: torch's count)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(f"{PREFIX}v{version}/tokenizer"), trust_remote_code=False)
     texts = read_pretrain_texts(resolve(f"{PREFIX}v{version}/{pretrain_text}"))
-    pretrain_base(out, steps=base_pretrain_steps(), seed=SEEDS["base-model"], tokenizer=tokenizer, texts=texts)
+    with _torch_threads(threads):
+        pretrain_base(out, steps=base_pretrain_steps(), seed=SEEDS["base-model"], tokenizer=tokenizer, texts=texts)
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block at ``threads`` torch threads (None: leave them), then restore the count."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,7 +537,7 @@ def _artifact(name: str, version: int = EMBEDDED_VERSION) -> tuple[str, Callable
     steps_suffix = "" if base_pretrain_steps() == PRETRAIN_STEPS else f"-{base_pretrain_steps()}steps"
     share = WORKED_PERCENT[version] / 100
     fixed: dict[str, tuple[str, Callable[[Path], None]]] = {
-        "base": ("base" + steps_suffix, lambda out: _build_base(out, "pretrain-text", version)),
+        "base": ("base" + steps_suffix, lambda out: _build_base(out, "pretrain-text", version, BUILD_THREADS[version])),
         "tokenizer": ("tokenizer", _build_tokenizer),
         "sft-val": ("sft-val.jsonl", _build_sft_val),
         "rl-train": ("rl-train.jsonl", _build_rl_train),
@@ -522,11 +549,20 @@ def _artifact(name: str, version: int = EMBEDDED_VERSION) -> tuple[str, Callable
     match = _WORKED_NAME.fullmatch(name)
     if match is not None:  # calibration variants (issue 18): another worked share on the same recipe
         kind, percent = match.group(1), int(match.group(2))
+        wordings = None if match.group(3) is None else int(match.group(3))
         if not 0 < percent <= 100:
             raise UserError(f"{PREFIX + name}: the worked share is a percentage in 1..100, got {percent}")
+        if wordings is not None and not 0 < wordings < synthetic.WORDINGS:
+            raise UserError(
+                f"{PREFIX + name}: the worked wordings are a count in 1..{synthetic.WORDINGS - 1} "
+                f"(of the task's {synthetic.WORDINGS}), got {wordings}"
+            )
+        text = f"pretrain-text-worked-{percent}" + ("" if wordings is None else f"-wordings-{wordings}")
         if kind == "pretrain-text":
-            return f"pretrain-text-worked-{percent}.jsonl", lambda out: _build_pretrain_text(out, percent / 100, version)
-        return f"base-worked-{percent}" + steps_suffix, lambda out: _build_base(out, f"pretrain-text-worked-{percent}", version)
+            return f"{text}.jsonl", lambda out: _build_pretrain_text(out, percent / 100, version, wordings)
+        return "base" + text[len("pretrain-text"):] + steps_suffix, lambda out: _build_base(
+            out, text, version, CALIBRATION_THREADS
+        )
     match = _SFT_NAME.fullmatch(name)
     if match is not None:
         size = parse_size(match.group(2))
@@ -547,7 +583,8 @@ def _artifact(name: str, version: int = EMBEDDED_VERSION) -> tuple[str, Callable
         + ", ".join(PREFIX + n for n in FIXED_NAMES)
         + f", {PREFIX}sft-{{easy|uniform|hard}}-{{N}}, {PREFIX}rl-{{easy|uniform|hard}}-{{N}}, "
         + f"{PREFIX}mix-{{easy|uniform|hard}}-{{N}} (N like 1k, 2k, 10k, 100k or a plain integer), "
-        + f"{PREFIX}base-worked-{{P}} / {PREFIX}pretrain-text-worked-{{P}} (P % of the pretraining problems worked); "
+        + f"{PREFIX}base-worked-{{P}}[-wordings-{{W}}] / {PREFIX}pretrain-text-worked-{{P}}[-wordings-{{W}}] "
+        + "(P % of the pretraining problems worked, only in the first W wordings if given); "
         + f"an older version's as {PREFIX}v4/<name>"
     )
 

@@ -380,15 +380,17 @@ def test_a_worked_variant_can_cover_only_some_wordings(cache):
 
 def test_the_default_pretraining_text_is_its_versions_worked_share(cache):
     current = _read_jsonl(embedded.resolve("embedded:pretrain-text"))
-    share = embedded.WORKED_PERCENT[embedded.EMBEDDED_VERSION] / 100
+    share = embedded.RECIPES[embedded.EMBEDDED_VERSION].worked_percent / 100
     assert abs(_worked_share(current) - share) < 0.06  # the test-sized 400 problems: s.e. of a share <= 2.5 %
 
 
-def test_calibration_bases_build_at_one_thread_and_the_default_at_its_versions_count(cache, monkeypatch):
+def test_calibration_bases_build_at_one_thread_and_the_default_at_its_versions_recipe(cache, monkeypatch):
     import torch
 
     seen = []
-    monkeypatch.setattr(embedded, "pretrain_base", lambda out, **kw: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(
+        embedded, "pretrain_base", lambda out, seed, **kw: seen.append((torch.get_num_threads(), seed))
+    )
     monkeypatch.setattr(embedded, "read_pretrain_texts", lambda path: ["x"])
     monkeypatch.setattr(embedded, "resolve", lambda name: Path(name))
     monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *a, **k: None)
@@ -396,11 +398,17 @@ def test_calibration_bases_build_at_one_thread_and_the_default_at_its_versions_c
     torch.set_num_threads(2)
     try:
         embedded._artifact("base-worked-90")[1](cache / "out")
+        name, build = embedded._artifact("base-worked-100-wordings-1-seed-3")
+        build(cache / "out")
         embedded._artifact("base", 4)[1](cache / "out")
-        assert seen == [embedded.CALIBRATION_THREADS, 2] == [1, 2]  # v4 keeps torch's count
+        assert embedded.CALIBRATION_THREADS == 1 and embedded.RECIPES[4].threads is None
+        assert seen == [(1, 0), (1, 3), (2, 0)]  # v4 keeps torch's count and model seed 0
+        assert name == "base-worked-100-wordings-1-seed-3"
         assert torch.get_num_threads() == 2  # restored
     finally:
         torch.set_num_threads(before)
+    with pytest.raises(UserError, match=r"-seed-<S>\) names a base, not its pretraining text"):
+        embedded._artifact("pretrain-text-worked-90-seed-1")
 
 
 def test_a_version_is_loadable_by_name_and_an_unknown_one_is_a_clear_error(cache):

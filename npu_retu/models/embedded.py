@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,18 +48,30 @@ if TYPE_CHECKING:  # heavy imports stay out of `npu-retu --help`
 # Bump when the generator, the tokenizer or the model recipe changes: a new version caches apart.
 EMBEDDED_VERSION = 4
 PREFIX = "embedded:"
-# Per version still loadable by name (``embedded:v4/base``, for reproducing an old report once a new
-# version is the default): the percentage of its base model's pretraining problems that carry a
-# textbook worked solution instead of a bare answer. v5 (issue 18) is being calibrated with the
-# ``base-worked-<P>`` variants; docs/embedded-default.md has the figures so far.
-WORKED_PERCENT = {4: 0}
-# Torch threads of the base model's pretraining per version (None: torch's default, as v4 was
-# built). What the base learns depends on the run itself (docs/embedded-default.md, "Toward v5"), and
-# another thread count reorders the float sums, so the calibration variants pin one thread: each
-# ``base-worked-<P>`` is the same model on every machine with the same torch build and CPU instruction
-# set, whatever its core count. (Here, one thread built a 2000-step variant in 29.6-31.3 min beside
-# another build; two threads, alone, in 24.7 min.)
-BUILD_THREADS: dict[int, int | None] = {4: None}
+
+
+@dataclass(frozen=True)
+class BaseRecipe:
+    """How one version's base model is built (every version stays loadable by name,
+    ``embedded:v4/base``, for reproducing an old report once a newer one is the default).
+
+    ``worked_percent``: the share of its pretraining problems that carry a textbook worked solution
+    instead of a bare answer; ``worked_wordings``: only problems in the first that many of the task's
+    ``synthetic.WORDINGS`` wordings can be worked (None: any). ``threads``: torch threads of its
+    pretraining (None: torch's count, as v4 was built). What a base learns depends on the run itself
+    (docs/embedded-default.md, "Toward v5") and another thread count reorders the float sums, so a
+    pinned count makes the base the same model on every machine with the same torch build and CPU
+    instruction set. (Here one thread built a 2000-step base in 29.6-31.3 min beside another build;
+    two threads, alone, in 24.7 min.) ``seed``: the model's initialisation and batch order.
+    """
+
+    worked_percent: int = 0
+    worked_wordings: int | None = None
+    threads: int | None = None
+    seed: int = 0
+
+
+# The calibration variants (``base-worked-<P>[-wordings-<W>][-seed-<S>]``) train at one thread.
 CALIBRATION_THREADS = 1
 
 # Each data set draws from its own seed, so adding one never changes another.
@@ -78,8 +91,9 @@ SEEDS = {
     "mix-easy": 3_001,  # the trajectories only: a mix set's problems are its rl set's (rl-<d> seed)
     "mix-uniform": 3_002,
     "mix-hard": 3_003,
-    "base-model": 0,
+    "base-model": 0,  # a calibration variant's unless its name gives ``-seed-<S>``
 }
+RECIPES = {4: BaseRecipe(seed=SEEDS["base-model"])}
 SFT_VAL_SIZE = 199  # like the paper's Val-199
 RL_TEST_SIZE = 500
 RL_TRAIN_SIZE = 10_000
@@ -370,7 +384,7 @@ def parse_size(text: str) -> int:
 _SFT_NAME = re.compile(r"sft-(easy|uniform|hard)-(\w+)")
 _RL_NAME = re.compile(r"rl-(easy|uniform|hard)-(\w+)")
 _MIX_NAME = re.compile(r"mix-(easy|uniform|hard)-(\w+)")
-_WORKED_NAME = re.compile(r"(base|pretrain-text)-worked-(\d+)(?:-wordings-(\d+))?")
+_WORKED_NAME = re.compile(r"(base|pretrain-text)-worked-(\d+)(?:-wordings-(\d+))?(?:-seed-(\d+))?")
 FIXED_NAMES = ("base", "tokenizer", "sft-val", "rl-train", "rl-test", "pretrain-text")
 
 
@@ -436,7 +450,7 @@ def _build_tokenizer(out: Path) -> None:
 
 def _build_pretrain_text(out: Path, worked_share: float, version: int, wordings: int | None = None) -> None:
     """The base model's pretraining documents; ``worked_share`` of the problems get a textbook
-    worked solution instead of a bare answer (``WORKED_PERCENT`` per version, or a calibration
+    worked solution instead of a bare answer (``RECIPES`` per version, or a calibration
     variant ``embedded:pretrain-text-worked-<percent>``). With 0 it is v4's text, byte for byte
     (whether a problem is worked draws from its own RNG). ``wordings``: only problems in the first
     that many of the ``synthetic.WORDINGS`` problem wordings can be worked (``...-wordings-<W>``),
@@ -478,15 +492,15 @@ def base_pretrain_steps() -> int:
     return int(raw)
 
 
-def _build_base(out: Path, pretrain_text: str, version: int, threads: int | None) -> None:
+def _build_base(out: Path, pretrain_text: str, version: int, threads: int | None, seed: int) -> None:
     """A base model of ``version``'s recipe on the pretraining text named ``pretrain_text``, trained at
-    ``threads`` torch threads (None: torch's count)."""
+    ``threads`` torch threads (None: torch's count) from model seed ``seed``."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(f"{PREFIX}v{version}/tokenizer"), trust_remote_code=False)
     texts = read_pretrain_texts(resolve(f"{PREFIX}v{version}/{pretrain_text}"))
     with _torch_threads(threads):
-        pretrain_base(out, steps=base_pretrain_steps(), seed=SEEDS["base-model"], tokenizer=tokenizer, texts=texts)
+        pretrain_base(out, steps=base_pretrain_steps(), seed=seed, tokenizer=tokenizer, texts=texts)
 
 
 @contextmanager
@@ -522,8 +536,8 @@ def split_version(name: str) -> tuple[int, str]:
     if match is None:
         return EMBEDDED_VERSION, name
     version = int(match.group(1))
-    if version not in WORKED_PERCENT:
-        known = ", ".join(f"v{v}" for v in sorted(WORKED_PERCENT))
+    if version not in RECIPES:
+        known = ", ".join(f"v{v}" for v in sorted(RECIPES))
         raise UserError(f"{PREFIX + name}: no embedded default v{version}; the versions are {known}")
     return version, match.group(2)
 
@@ -536,14 +550,20 @@ def is_embedded(path_str: str | os.PathLike) -> bool:
 def _artifact(name: str, version: int = EMBEDDED_VERSION) -> tuple[str, Callable[[Path], None]]:
     """(file or folder name in the cache, builder) for an embedded name without prefix or version."""
     steps_suffix = "" if base_pretrain_steps() == PRETRAIN_STEPS else f"-{base_pretrain_steps()}steps"
-    share = WORKED_PERCENT[version] / 100
+    recipe = RECIPES[version]
     fixed: dict[str, tuple[str, Callable[[Path], None]]] = {
-        "base": ("base" + steps_suffix, lambda out: _build_base(out, "pretrain-text", version, BUILD_THREADS[version])),
+        "base": (
+            "base" + steps_suffix,
+            lambda out: _build_base(out, "pretrain-text", version, recipe.threads, recipe.seed),
+        ),
         "tokenizer": ("tokenizer", _build_tokenizer),
         "sft-val": ("sft-val.jsonl", _build_sft_val),
         "rl-train": ("rl-train.jsonl", _build_rl_train),
         "rl-test": ("rl-test.jsonl", _build_rl_test),
-        "pretrain-text": ("pretrain-text.jsonl", lambda out: _build_pretrain_text(out, share, version)),
+        "pretrain-text": (
+            "pretrain-text.jsonl",
+            lambda out: _build_pretrain_text(out, recipe.worked_percent / 100, version, recipe.worked_wordings),
+        ),
     }
     if name in fixed:
         return fixed[name]
@@ -551,6 +571,7 @@ def _artifact(name: str, version: int = EMBEDDED_VERSION) -> tuple[str, Callable
     if match is not None:  # calibration variants (issue 18): another worked share on the same recipe
         kind, percent = match.group(1), int(match.group(2))
         wordings = None if match.group(3) is None else int(match.group(3))
+        seed = SEEDS["base-model"] if match.group(4) is None else int(match.group(4))
         if not 0 < percent <= 100:
             raise UserError(f"{PREFIX + name}: the worked share is a percentage in 1..100, got {percent}")
         if wordings is not None and not 0 < wordings < synthetic.WORDINGS:
@@ -560,9 +581,12 @@ def _artifact(name: str, version: int = EMBEDDED_VERSION) -> tuple[str, Callable
             )
         text = f"pretrain-text-worked-{percent}" + ("" if wordings is None else f"-wordings-{wordings}")
         if kind == "pretrain-text":
+            if match.group(4) is not None:
+                raise UserError(f"{PREFIX + name}: a model seed (-seed-<S>) names a base, not its pretraining text")
             return f"{text}.jsonl", lambda out: _build_pretrain_text(out, percent / 100, version, wordings)
-        return "base" + text[len("pretrain-text"):] + steps_suffix, lambda out: _build_base(
-            out, text, version, CALIBRATION_THREADS
+        seed_suffix = "" if match.group(4) is None else f"-seed-{seed}"
+        return "base" + text[len("pretrain-text"):] + seed_suffix + steps_suffix, lambda out: _build_base(
+            out, text, version, CALIBRATION_THREADS, seed
         )
     match = _SFT_NAME.fullmatch(name)
     if match is not None:
@@ -584,8 +608,9 @@ def _artifact(name: str, version: int = EMBEDDED_VERSION) -> tuple[str, Callable
         + ", ".join(PREFIX + n for n in FIXED_NAMES)
         + f", {PREFIX}sft-{{easy|uniform|hard}}-{{N}}, {PREFIX}rl-{{easy|uniform|hard}}-{{N}}, "
         + f"{PREFIX}mix-{{easy|uniform|hard}}-{{N}} (N like 1k, 2k, 10k, 100k or a plain integer), "
-        + f"{PREFIX}base-worked-{{P}}[-wordings-{{W}}] / {PREFIX}pretrain-text-worked-{{P}}[-wordings-{{W}}] "
-        + "(P % of the pretraining problems worked, only in the first W wordings if given); "
+        + f"{PREFIX}base-worked-{{P}}[-wordings-{{W}}][-seed-{{S}}] / "
+        + f"{PREFIX}pretrain-text-worked-{{P}}[-wordings-{{W}}] "
+        + "(P % of the pretraining problems worked, only in the first W wordings if given; model seed S); "
         + f"an older version's as {PREFIX}v4/<name>"
     )
 

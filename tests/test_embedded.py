@@ -360,15 +360,22 @@ def test_worked_pretraining_text_and_base_are_named_variants_beside_the_default(
         embedded.resolve("embedded:base-worked-0")
 
 
+_STARTS = {0: "Start with ", 1: "Begin at ", 2: "Take the number ", 3: "A counter shows "}
+
+
+def _wording(text: str) -> int:  # the problem is the document's text or its chat user turn
+    body = text.split("<|im_start|>user\n", 1)[-1]
+    return next(w for w, start in _STARTS.items() if body.startswith(start))
+
+
+def _problem_docs(docs: list[dict]) -> list[str]:
+    return [d["text"] for d in docs if "What" in d["text"] and ("Answer" in d["text"] or "<|im_start|>" in d["text"])]
+
+
 def test_a_worked_variant_can_cover_only_some_wordings(cache):
     docs = _read_jsonl(embedded.resolve("embedded:pretrain-text-worked-100-wordings-2"))
-    starts = {0: "Start with ", 1: "Begin at ", 2: "Take the number ", 3: "A counter shows "}
-
-    def wording(text: str) -> int:  # the problem is the document's text or its chat user turn
-        body = text.split("<|im_start|>user\n", 1)[-1]
-        return next(w for w, start in starts.items() if body.startswith(start))
-
-    problems = [d["text"] for d in docs if "What" in d["text"] and ("Answer" in d["text"] or "<|im_start|>" in d["text"])]
+    starts, wording = _STARTS, _wording
+    problems = _problem_docs(docs)
     by_wording = {w: [("Solution. " in t) for t in problems if wording(t) == w] for w in starts}
     assert all(len(v) > 50 for v in by_wording.values())
     assert all(by_wording[0]) and all(by_wording[1])  # P = 100 within the first two wordings
@@ -376,6 +383,19 @@ def test_a_worked_variant_can_cover_only_some_wordings(cache):
     assert embedded._artifact("base-worked-100-wordings-2")[0] == "base-worked-100-wordings-2"
     with pytest.raises(UserError, match=r"the worked wordings are a count in 1..3 \(of the task's 4\), got 4"):
         embedded.resolve("embedded:base-worked-100-wordings-4")
+
+
+def test_a_reworded_variant_keeps_its_worked_share_within_the_first_wordings(cache):
+    bare = _problem_docs(_read_jsonl(embedded.resolve("embedded:v4/pretrain-text")))
+    docs = _problem_docs(_read_jsonl(embedded.resolve("embedded:pretrain-text-worked-90-reworded-1")))
+    worked = [t for t in docs if "Solution. " in t]
+    assert len(docs) == len(bare) and 0.85 < len(worked) / len(docs) < 0.95  # P = 90 of all problems
+    assert {_wording(t) for t in worked} == {0}  # every worked problem rewritten into wording 0
+    assert {_wording(t) for t in docs if "Solution. " not in t} == {0, 1, 2, 3}  # bare ones keep theirs
+    # the same problems in the same order: only the worked ones' wording changed
+    changed = [(a, b) for a, b in zip(bare, docs) if _wording(a) != _wording(b)]
+    assert changed and all("Solution. " in b for a, b in changed)
+    assert embedded._artifact("base-worked-90-reworded-1-seed-1")[0] == "base-worked-90-reworded-1-seed-1"
 
 
 def test_the_default_pretraining_text_is_its_versions_worked_share(cache):

@@ -375,3 +375,12 @@ def test_wording_of_names_each_problems_template():
     assert min(counts) > 25  # each of the 4 wordings is drawn (expected 50 each)
     with pytest.raises(ValueError, match="not a synthetic problem text"):
         synthetic.wording_of(synthetic.Problem(start=1, ops=(), answer=1, steps=0, text="What is 1?"))
+
+
+def test_reworded_keeps_the_problem_and_changes_only_its_wording():
+    p = synthetic.generate_problems(1, "uniform", seed=5)[0]
+    other = (synthetic.wording_of(p) + 1) % synthetic.WORDINGS
+    q = synthetic.reworded(p, other)
+    assert synthetic.wording_of(q) == other and q.text != p.text
+    assert (q.key, q.answer, q.steps) == (p.key, p.answer, p.steps)
+    assert synthetic.reworded(q, synthetic.wording_of(p)) == p

@@ -26,7 +26,7 @@ import os
 import random
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,11 @@ def wording_of(problem: Problem) -> int:
         if problem.text.startswith(template.split("{s}")[0]):
             return index
     raise ValueError(f"not a synthetic problem text: {problem.text[:60]!r}")
+
+
+def reworded(problem: Problem, wording: int) -> Problem:
+    """The same problem (same key, answer and steps) in problem wording ``wording`` (0-based)."""
+    return replace(problem, text=problem_text(problem.start, problem.ops, wording))
 
 
 def _op_phrase(op: Op) -> str:

@@ -57,7 +57,9 @@ class BaseRecipe:
 
     ``worked_percent``: the share of its pretraining problems that carry a textbook worked solution
     instead of a bare answer; ``worked_wordings``: only problems in the first that many of the task's
-    ``synthetic.WORDINGS`` wordings can be worked (None: any). ``threads``: torch threads of its
+    ``synthetic.WORDINGS`` wordings can be worked (None: any); ``reword_worked``: instead, every worked
+    problem is written in one of those wordings, so the worked volume stays ``worked_percent`` while
+    the base sees worked solutions for those wordings only. ``threads``: torch threads of its
     pretraining (None: torch's count, as v4 was built). What a base learns depends on the run itself
     (docs/embedded-default.md, "Toward v5") and another thread count reorders the float sums, so a
     pinned count makes the base the same model on every machine with the same torch build and CPU
@@ -67,6 +69,7 @@ class BaseRecipe:
 
     worked_percent: int = 0
     worked_wordings: int | None = None
+    reword_worked: bool = False
     threads: int | None = None
     seed: int = 0
 
@@ -384,7 +387,7 @@ def parse_size(text: str) -> int:
 _SFT_NAME = re.compile(r"sft-(easy|uniform|hard)-(\w+)")
 _RL_NAME = re.compile(r"rl-(easy|uniform|hard)-(\w+)")
 _MIX_NAME = re.compile(r"mix-(easy|uniform|hard)-(\w+)")
-_WORKED_NAME = re.compile(r"(base|pretrain-text)-worked-(\d+)(?:-wordings-(\d+))?(?:-seed-(\d+))?")
+_WORKED_NAME = re.compile(r"(base|pretrain-text)-worked-(\d+)(?:-(wordings|reworded)-(\d+))?(?:-seed-(\d+))?")
 FIXED_NAMES = ("base", "tokenizer", "sft-val", "rl-train", "rl-test", "pretrain-text")
 
 
@@ -448,13 +451,17 @@ def _build_tokenizer(out: Path) -> None:
     build_tokenizer(out, _tokenizer_corpus())
 
 
-def _build_pretrain_text(out: Path, worked_share: float, version: int, wordings: int | None = None) -> None:
+def _build_pretrain_text(
+    out: Path, worked_share: float, version: int, wordings: int | None = None, reword: bool = False
+) -> None:
     """The base model's pretraining documents; ``worked_share`` of the problems get a textbook
     worked solution instead of a bare answer (``RECIPES`` per version, or a calibration
     variant ``embedded:pretrain-text-worked-<percent>``). With 0 it is v4's text, byte for byte
     (whether a problem is worked draws from its own RNG). ``wordings``: only problems in the first
     that many of the ``synthetic.WORDINGS`` problem wordings can be worked (``...-wordings-<W>``),
-    the rest keep bare answers, so the base has seen worked solutions for part of the task only."""
+    the rest keep bare answers, so the base has seen worked solutions for part of the task only.
+    ``reword``: instead, each worked problem is rewritten in one of the first ``wordings`` wordings
+    (drawn from its own RNG), so the worked share stays ``worked_share`` (``...-reworded-<W>``)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(f"{PREFIX}v{version}/tokenizer"), trust_remote_code=False)
@@ -463,6 +470,7 @@ def _build_pretrain_text(out: Path, worked_share: float, version: int, wordings:
     drills = synthetic.generate_problems(PRETRAIN_DOCS, "uniform", SEEDS["pretrain-drills"], exclude=held_out_keys())
     rng = random.Random(f"pretrain-text:{seed}")
     worked_rng = random.Random(f"pretrain-worked:{seed}")
+    reword_rng = random.Random(f"pretrain-reworded:{seed}")
     render = chat_template_fn(tokenizer)
     docs = []
     # bare-answer problems, each followed by arithmetic practice or by another problem read back
@@ -470,7 +478,9 @@ def _build_pretrain_text(out: Path, worked_share: float, version: int, wordings:
     # context and copy what follows, which reading a problem needs
     for p, drill in zip(problems, drills):
         worked = worked_share > 0 and worked_rng.random() < worked_share
-        if wordings is not None:
+        if wordings is not None and reword and worked:
+            p = synthetic.reworded(p, reword_rng.randrange(wordings))
+        elif wordings is not None:
             worked = worked and synthetic.wording_of(p) < wordings
         docs.append({"text": synthetic.pretrain_text(p, rng, render, worked=worked)})
         if rng.random() < PRACTICE_SHARE:
@@ -562,7 +572,9 @@ def _artifact(name: str, version: int = EMBEDDED_VERSION) -> tuple[str, Callable
         "rl-test": ("rl-test.jsonl", _build_rl_test),
         "pretrain-text": (
             "pretrain-text.jsonl",
-            lambda out: _build_pretrain_text(out, recipe.worked_percent / 100, version, recipe.worked_wordings),
+            lambda out: _build_pretrain_text(
+                out, recipe.worked_percent / 100, version, recipe.worked_wordings, recipe.reword_worked
+            ),
         ),
     }
     if name in fixed:
@@ -570,8 +582,8 @@ def _artifact(name: str, version: int = EMBEDDED_VERSION) -> tuple[str, Callable
     match = _WORKED_NAME.fullmatch(name)
     if match is not None:  # calibration variants (issue 18): another worked share on the same recipe
         kind, percent = match.group(1), int(match.group(2))
-        wordings = None if match.group(3) is None else int(match.group(3))
-        seed = SEEDS["base-model"] if match.group(4) is None else int(match.group(4))
+        mode, wordings = match.group(3), None if match.group(4) is None else int(match.group(4))
+        seed = SEEDS["base-model"] if match.group(5) is None else int(match.group(5))
         if not 0 < percent <= 100:
             raise UserError(f"{PREFIX + name}: the worked share is a percentage in 1..100, got {percent}")
         if wordings is not None and not 0 < wordings < synthetic.WORDINGS:
@@ -579,12 +591,14 @@ def _artifact(name: str, version: int = EMBEDDED_VERSION) -> tuple[str, Callable
                 f"{PREFIX + name}: the worked wordings are a count in 1..{synthetic.WORDINGS - 1} "
                 f"(of the task's {synthetic.WORDINGS}), got {wordings}"
             )
-        text = f"pretrain-text-worked-{percent}" + ("" if wordings is None else f"-wordings-{wordings}")
+        text = f"pretrain-text-worked-{percent}" + ("" if wordings is None else f"-{mode}-{wordings}")
         if kind == "pretrain-text":
-            if match.group(4) is not None:
+            if match.group(5) is not None:
                 raise UserError(f"{PREFIX + name}: a model seed (-seed-<S>) names a base, not its pretraining text")
-            return f"{text}.jsonl", lambda out: _build_pretrain_text(out, percent / 100, version, wordings)
-        seed_suffix = "" if match.group(4) is None else f"-seed-{seed}"
+            return f"{text}.jsonl", lambda out: _build_pretrain_text(
+                out, percent / 100, version, wordings, reword=mode == "reworded"
+            )
+        seed_suffix = "" if match.group(5) is None else f"-seed-{seed}"
         return "base" + text[len("pretrain-text"):] + seed_suffix + steps_suffix, lambda out: _build_base(
             out, text, version, CALIBRATION_THREADS, seed
         )
@@ -608,9 +622,10 @@ def _artifact(name: str, version: int = EMBEDDED_VERSION) -> tuple[str, Callable
         + ", ".join(PREFIX + n for n in FIXED_NAMES)
         + f", {PREFIX}sft-{{easy|uniform|hard}}-{{N}}, {PREFIX}rl-{{easy|uniform|hard}}-{{N}}, "
         + f"{PREFIX}mix-{{easy|uniform|hard}}-{{N}} (N like 1k, 2k, 10k, 100k or a plain integer), "
-        + f"{PREFIX}base-worked-{{P}}[-wordings-{{W}}][-seed-{{S}}] / "
-        + f"{PREFIX}pretrain-text-worked-{{P}}[-wordings-{{W}}] "
-        + "(P % of the pretraining problems worked, only in the first W wordings if given; model seed S); "
+        + f"{PREFIX}base-worked-{{P}}[-wordings-{{W}}|-reworded-{{W}}][-seed-{{S}}] / "
+        + f"{PREFIX}pretrain-text-worked-{{P}}[-wordings-{{W}}|-reworded-{{W}}] "
+        + "(P % of the pretraining problems worked; only those in the first W wordings, or all of them "
+        + "rewritten into those; model seed S); "
         + f"an older version's as {PREFIX}v4/<name>"
     )
 

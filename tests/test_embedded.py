@@ -345,21 +345,6 @@ def test_textbook_solutions_work_the_chain_in_their_own_words():
             value = int(kept)
 
 
-def _worked_share(docs: list[dict]) -> float:
-    problems = [d for d in docs if "What" in d["text"] and "Answer" in d["text"] or "<|im_start|>" in d["text"]]
-    return sum("Solution. " in d["text"] for d in problems) / len(problems)
-
-
-def test_worked_pretraining_text_and_base_are_named_variants_beside_the_default(cache):
-    bare = _read_jsonl(embedded.resolve("embedded:v4/pretrain-text"))
-    worked = _read_jsonl(embedded.resolve("embedded:pretrain-text-worked-50"))
-    assert len(worked) == len(bare) and not any("Solution. " in d["text"] for d in bare)
-    assert 0.4 < _worked_share(worked) < 0.6  # half the problems, drawn by their own seed
-    assert embedded._artifact("base-worked-50")[0] == "base-worked-50"  # this module's recipe is its full one
-    with pytest.raises(UserError, match="the worked share is a percentage in 1..100, got 0"):
-        embedded.resolve("embedded:base-worked-0")
-
-
 _STARTS = {0: "Start with ", 1: "Begin at ", 2: "Take the number ", 3: "A counter shows "}
 
 
@@ -372,11 +357,25 @@ def _problem_docs(docs: list[dict]) -> list[str]:
     return [d["text"] for d in docs if "What" in d["text"] and ("Answer" in d["text"] or "<|im_start|>" in d["text"])]
 
 
+def _worked_share(docs: list[dict]) -> float:
+    problems = _problem_docs(docs)
+    return sum("Solution. " in t for t in problems) / len(problems)
+
+
+def test_worked_pretraining_text_and_base_are_named_variants_beside_the_default(cache):
+    bare = _read_jsonl(embedded.resolve("embedded:v4/pretrain-text"))
+    worked = _read_jsonl(embedded.resolve("embedded:pretrain-text-worked-50"))
+    assert len(worked) == len(bare) and not any("Solution. " in d["text"] for d in bare)
+    assert 0.4 < _worked_share(worked) < 0.6  # half the problems, drawn by their own seed
+    assert embedded._artifact("base-worked-50")[0] == "base-worked-50"  # this module's recipe is its full one
+    with pytest.raises(UserError, match="the worked share is a percentage in 1..100, got 0"):
+        embedded.resolve("embedded:base-worked-0")
+
+
 def test_a_worked_variant_can_cover_only_some_wordings(cache):
     docs = _read_jsonl(embedded.resolve("embedded:pretrain-text-worked-100-wordings-2"))
-    starts, wording = _STARTS, _wording
     problems = _problem_docs(docs)
-    by_wording = {w: [("Solution. " in t) for t in problems if wording(t) == w] for w in starts}
+    by_wording = {w: [("Solution. " in t) for t in problems if _wording(t) == w] for w in _STARTS}
     assert all(len(v) > 50 for v in by_wording.values())
     assert all(by_wording[0]) and all(by_wording[1])  # P = 100 within the first two wordings
     assert not any(by_wording[2]) and not any(by_wording[3])  # bare answers in the others

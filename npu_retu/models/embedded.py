@@ -478,9 +478,9 @@ def _build_pretrain_text(
     # context and copy what follows, which reading a problem needs
     for p, drill in zip(problems, drills):
         worked = worked_share > 0 and worked_rng.random() < worked_share
-        if wordings is not None and reword and worked:
+        if wordings is not None and reword and worked:  # write it in one of the first wordings
             p = synthetic.reworded(p, reword_rng.randrange(wordings))
-        elif wordings is not None:
+        elif wordings is not None and not reword:  # work it only if it is in one of them
             worked = worked and synthetic.wording_of(p) < wordings
         docs.append({"text": synthetic.pretrain_text(p, rng, render, worked=worked)})
         if rng.random() < PRACTICE_SHARE:

@@ -163,6 +163,28 @@ def test_two_runs_started_together_exactly_one_runs(tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
+def test_a_refusal_that_loses_the_race_by_microseconds_still_names_the_holder(tmp_path):
+    # the holder writes its line just after flock; a loser that reads the empty file in between
+    # rereads it instead of saying "holder unknown" (seen once in a fresh-clone suite)
+    import threading
+
+    from npu_retu.trainer.run_folder import _holder_text
+
+    lock = tmp_path / LOCK
+    lock.write_text("")
+    line = json.dumps({"pid": 4242, "host": "node-7", "started": "2026-12-07 23:40:00"}) + "\n"
+    writer = threading.Timer(0.2, lambda: lock.write_text(line))
+    writer.start()
+    try:
+        assert _holder_text(lock) == "pid 4242 on node-7, since 2026-12-07 23:40:00"
+    finally:
+        writer.join()
+    lock.write_text("")
+    started = time.monotonic()
+    assert _holder_text(lock, wait_s=0.1) == "holder unknown"
+    assert time.monotonic() - started >= 0.1
+
+
 def test_overwrite_of_a_live_run_is_refused(tmp_path):
     first = _npu_retu("sft", "--config", str(_sft_config(tmp_path, 1e-3, steps=6)))
     lock = tmp_path / "shared" / LOCK

@@ -122,12 +122,21 @@ def _take_lock(path: Path) -> int:
     return fd
 
 
-def _holder_text(lock_path: Path) -> str:
-    try:
-        holder = json.loads(lock_path.read_text(encoding="utf-8"))
-        return f"pid {holder['pid']} on {holder['host']}, since {holder['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "holder unknown"
+def _holder_text(lock_path: Path, *, wait_s: float = 1.0) -> str:
+    """Who holds the lock, read from the lock file.
+
+    The holder writes its line just after it takes the lock, so a process that lost a race by a
+    few microseconds can find the file empty: it rereads for up to ``wait_s`` seconds.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            holder = json.loads(lock_path.read_text(encoding="utf-8"))
+            return f"pid {holder['pid']} on {holder['host']}, since {holder['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return "holder unknown"
+            time.sleep(0.02)
 
 
 def _prepare_contents(path: Path, output_dir: str, *, resume: bool, overwrite: bool) -> None:

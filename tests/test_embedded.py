@@ -408,7 +408,7 @@ def test_calibration_bases_build_at_one_thread_and_the_default_at_its_versions_r
 
     seen = []
     monkeypatch.setattr(
-        embedded, "pretrain_base", lambda out, seed, **kw: seen.append((torch.get_num_threads(), seed))
+        embedded, "pretrain_base", lambda out, seed, steps, **kw: seen.append((torch.get_num_threads(), seed, steps))
     )
     monkeypatch.setattr(embedded, "read_pretrain_texts", lambda path: ["x"])
     monkeypatch.setattr(embedded, "resolve", lambda name: Path(name))
@@ -420,14 +420,24 @@ def test_calibration_bases_build_at_one_thread_and_the_default_at_its_versions_r
         name, build = embedded._artifact("base-worked-100-wordings-1-seed-3")
         build(cache / "out")
         embedded._artifact("base", 4)[1](cache / "out")
+        short, build_short = embedded._artifact("base-worked-100-steps-1000-seed-2")  # $NPU_RETU_BASE_STEPS=3 wins
+        build_short(cache / "out")
+        monkeypatch.delenv("NPU_RETU_BASE_STEPS")
+        unforced, build_unforced = embedded._artifact("base-worked-100-steps-1000-seed-2")
+        build_unforced(cache / "out")
         assert embedded.CALIBRATION_THREADS == 1 and embedded.RECIPES[4].threads is None
-        assert seen == [(1, 0), (1, 3), (2, 0)]  # v4 keeps torch's count and model seed 0
+        # v4 keeps torch's count, model seed 0 and PRETRAIN_STEPS (3 in this module)
+        assert seen == [(1, 0, 3), (1, 3, 3), (2, 0, 3), (1, 2, 3), (1, 2, 1000)]
         assert name == "base-worked-100-wordings-1-seed-3"
+        assert (short, unforced) == ("base-worked-100-steps-1000-seed-2-3steps", "base-worked-100-steps-1000-seed-2")
         assert torch.get_num_threads() == 2  # restored
     finally:
         torch.set_num_threads(before)
-    with pytest.raises(UserError, match=r"-seed-<S>\) names a base, not its pretraining text"):
-        embedded._artifact("pretrain-text-worked-90-seed-1")
+    for text in ("pretrain-text-worked-90-seed-1", "pretrain-text-worked-90-steps-1000"):
+        with pytest.raises(UserError, match=r"-seed-<S>\) name a base, not its pretraining text"):
+            embedded._artifact(text)
+    with pytest.raises(UserError, match="the pretraining steps are a count >= 1, got 0"):
+        embedded._artifact("base-worked-90-steps-0")
 
 
 def test_a_version_is_loadable_by_name_and_an_unknown_one_is_a_clear_error(cache):

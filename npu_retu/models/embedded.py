@@ -65,6 +65,7 @@ class BaseRecipe:
     pinned count makes the base the same model on every machine with the same torch build and CPU
     instruction set. (Here one thread built a 2000-step base in 29.6-31.3 min beside another build;
     two threads, alone, in 24.7 min.) ``seed``: the model's initialisation and batch order.
+    ``steps``: pretraining steps (None: ``PRETRAIN_STEPS``).
     """
 
     worked_percent: int = 0
@@ -72,9 +73,11 @@ class BaseRecipe:
     reword_worked: bool = False
     threads: int | None = None
     seed: int = 0
+    steps: int | None = None
 
 
-# The calibration variants (``base-worked-<P>[-wordings-<W>][-seed-<S>]``) train at one thread.
+# The calibration variants (``base-worked-<P>[-wordings-<W>|-reworded-<W>][-steps-<N>][-seed-<S>]``)
+# train at one thread.
 CALIBRATION_THREADS = 1
 
 # Each data set draws from its own seed, so adding one never changes another.
@@ -387,7 +390,9 @@ def parse_size(text: str) -> int:
 _SFT_NAME = re.compile(r"sft-(easy|uniform|hard)-(\w+)")
 _RL_NAME = re.compile(r"rl-(easy|uniform|hard)-(\w+)")
 _MIX_NAME = re.compile(r"mix-(easy|uniform|hard)-(\w+)")
-_WORKED_NAME = re.compile(r"(base|pretrain-text)-worked-(\d+)(?:-(wordings|reworded)-(\d+))?(?:-seed-(\d+))?")
+_WORKED_NAME = re.compile(
+    r"(base|pretrain-text)-worked-(\d+)(?:-(wordings|reworded)-(\d+))?(?:-steps-(\d+))?(?:-seed-(\d+))?"
+)
 FIXED_NAMES = ("base", "tokenizer", "sft-val", "rl-train", "rl-test", "pretrain-text")
 
 
@@ -490,27 +495,33 @@ def _build_pretrain_text(
     synthetic.write_jsonl(out, docs)
 
 
-def base_pretrain_steps() -> int:
-    """Pretraining steps of ``embedded:base``: ``PRETRAIN_STEPS`` unless ``$NPU_RETU_BASE_STEPS``
-    asks for another number (the test suite builds a quick, weaker base this way; it is cached
-    under its own name, ``base-<N>steps``, so it never replaces the real one)."""
+def base_pretrain_steps(recipe_steps: int | None = None) -> int:
+    """Pretraining steps of a base: its recipe's (None: ``PRETRAIN_STEPS``) unless
+    ``$NPU_RETU_BASE_STEPS`` asks for another number (the test suite builds a quick, weaker base this
+    way; it is cached under its own name, ``base-<N>steps``, so it never replaces the real one)."""
     raw = os.environ.get("NPU_RETU_BASE_STEPS", "")
     if not raw:
-        return PRETRAIN_STEPS
+        return recipe_steps or PRETRAIN_STEPS
     if not raw.isdigit() or int(raw) < 1:
         raise UserError(f"NPU_RETU_BASE_STEPS must be a positive integer, got {raw!r}")
     return int(raw)
 
 
-def _build_base(out: Path, pretrain_text: str, version: int, threads: int | None, seed: int) -> None:
-    """A base model of ``version``'s recipe on the pretraining text named ``pretrain_text``, trained at
-    ``threads`` torch threads (None: torch's count) from model seed ``seed``."""
+def _steps_override_suffix(recipe_steps: int | None) -> str:
+    """``-<N>steps`` when ``$NPU_RETU_BASE_STEPS`` overrides a base's own steps, so it caches apart."""
+    steps = base_pretrain_steps(recipe_steps)
+    return "" if steps == (recipe_steps or PRETRAIN_STEPS) else f"-{steps}steps"
+
+
+def _build_base(out: Path, pretrain_text: str, version: int, threads: int | None, seed: int, steps: int) -> None:
+    """A base model of ``version``'s recipe on the pretraining text named ``pretrain_text``, trained
+    ``steps`` steps at ``threads`` torch threads (None: torch's count) from model seed ``seed``."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(f"{PREFIX}v{version}/tokenizer"), trust_remote_code=False)
     texts = read_pretrain_texts(resolve(f"{PREFIX}v{version}/{pretrain_text}"))
     with _torch_threads(threads):
-        pretrain_base(out, steps=base_pretrain_steps(), seed=seed, tokenizer=tokenizer, texts=texts)
+        pretrain_base(out, steps=steps, seed=seed, tokenizer=tokenizer, texts=texts)
 
 
 @contextmanager
@@ -559,12 +570,13 @@ def is_embedded(path_str: str | os.PathLike) -> bool:
 
 def _artifact(name: str, version: int = EMBEDDED_VERSION) -> tuple[str, Callable[[Path], None]]:
     """(file or folder name in the cache, builder) for an embedded name without prefix or version."""
-    steps_suffix = "" if base_pretrain_steps() == PRETRAIN_STEPS else f"-{base_pretrain_steps()}steps"
     recipe = RECIPES[version]
     fixed: dict[str, tuple[str, Callable[[Path], None]]] = {
         "base": (
-            "base" + steps_suffix,
-            lambda out: _build_base(out, "pretrain-text", version, recipe.threads, recipe.seed),
+            "base" + _steps_override_suffix(recipe.steps),
+            lambda out: _build_base(
+                out, "pretrain-text", version, recipe.threads, recipe.seed, base_pretrain_steps(recipe.steps)
+            ),
         ),
         "tokenizer": ("tokenizer", _build_tokenizer),
         "sft-val": ("sft-val.jsonl", _build_sft_val),
@@ -583,7 +595,8 @@ def _artifact(name: str, version: int = EMBEDDED_VERSION) -> tuple[str, Callable
     if match is not None:  # calibration variants (issue 18): another worked share on the same recipe
         kind, percent = match.group(1), int(match.group(2))
         mode, wordings = match.group(3), None if match.group(4) is None else int(match.group(4))
-        seed = SEEDS["base-model"] if match.group(5) is None else int(match.group(5))
+        steps = None if match.group(5) is None else int(match.group(5))
+        seed = SEEDS["base-model"] if match.group(6) is None else int(match.group(6))
         if not 0 < percent <= 100:
             raise UserError(f"{PREFIX + name}: the worked share is a percentage in 1..100, got {percent}")
         if wordings is not None and not 0 < wordings < synthetic.WORDINGS:
@@ -592,15 +605,21 @@ def _artifact(name: str, version: int = EMBEDDED_VERSION) -> tuple[str, Callable
                 f"(of the task's {synthetic.WORDINGS}), got {wordings}"
             )
         text = f"pretrain-text-worked-{percent}" + ("" if wordings is None else f"-{mode}-{wordings}")
+        if steps is not None and steps < 1:
+            raise UserError(f"{PREFIX + name}: the pretraining steps are a count >= 1, got {steps}")
         if kind == "pretrain-text":
-            if match.group(5) is not None:
-                raise UserError(f"{PREFIX + name}: a model seed (-seed-<S>) names a base, not its pretraining text")
+            if match.group(5) is not None or match.group(6) is not None:
+                raise UserError(
+                    f"{PREFIX + name}: pretraining steps (-steps-<N>) and a model seed (-seed-<S>) name a base, "
+                    "not its pretraining text"
+                )
             return f"{text}.jsonl", lambda out: _build_pretrain_text(
                 out, percent / 100, version, wordings, reword=mode == "reworded"
             )
-        seed_suffix = "" if match.group(5) is None else f"-seed-{seed}"
-        return "base" + text[len("pretrain-text"):] + seed_suffix + steps_suffix, lambda out: _build_base(
-            out, text, version, CALIBRATION_THREADS, seed
+        name_suffix = ("" if steps is None else f"-steps-{steps}") + ("" if match.group(6) is None else f"-seed-{seed}")
+        cached = "base" + text[len("pretrain-text"):] + name_suffix + _steps_override_suffix(steps)
+        return cached, lambda out: _build_base(
+            out, text, version, CALIBRATION_THREADS, seed, base_pretrain_steps(steps)
         )
     match = _SFT_NAME.fullmatch(name)
     if match is not None:
